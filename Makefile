@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then pretrain -> probe -> classify on the default data, with a summary
+#   make test   set up, then lint and run the full test suite (what CI runs)
+SHELL := /bin/bash
+VENV  ?= .venv
+# Python 3.12 may only be reachable through pyenv: find it rather than assume python3 is 3.12.
+PYTHON312 ?= $(shell for c in python3.12 "$$(PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null)" \
+	$$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) python3; do \
+	[ -n "$$c" ] && command -v "$$c" >/dev/null 2>&1 && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null \
+	&& { command -v "$$c"; break; }; done)
+
+.PHONY: setup test demo lint bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -n "$(PYTHON312)" ] || { echo "error: no Python >= 3.12 found (set PYTHON312=/path/to/python3.12)"; exit 1; }
+	$(PYTHON312) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev,sagemaker]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check geossl sagemaker bench tests
+
+test: setup lint
+	$(VENV)/bin/pytest -q tests
+
+demo: setup
+	$(VENV)/bin/geossl demo --config configs/demo.yaml --run-dir runs/demo
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,251 @@
+"""Typed run configuration: YAML file + ``key.sub=value`` overrides, validated strictly.
+
+Defaults are the DINO paper's values (Caron et al. 2021, "boosted" ViT-S recipe); every number from a
+paper lives here, once. Unknown keys and wrong types are errors that name the key and the file, so a
+typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    kind: str = "patches"  # "patches" (class folders / CSV) or "scenes" (GeoTIFF/COG, random tiles)
+    paths: list[str] = field(default_factory=lambda: ["$GEOSSL_DATA/eurosat-rgb"])
+    root: str | None = None  # data root for $GEOSSL_DATA in paths; None = geossl.settings.data_root()
+    split: str | None = "train"  # patches: rows of splits.csv used for pretraining (labels never used)
+    limit: int | None = None  # patches: use at most this many (a seeded, class-balanced subset)
+    bands: list[int] | None = None  # 1-based band indices to read; None = all
+    tile_size: int = 64  # scenes: size of random tiles; patches: must match the patch size
+    tiles_per_epoch: int = 10_000  # scenes: random tiles drawn per epoch
+    min_valid_fraction: float = 0.9  # scenes: tiles with fewer valid pixels are never served
+    stats: str | None = None  # band statistics JSON (geossl stats); None = computed from a sample
+    batch_size: int = 64  # per device
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small_patch16_224"  # any timm ViT
+    patch_size: int | None = None  # override the arch's patch size (e.g. 8)
+    drop_path_rate: float = 0.1  # student only; the teacher has none
+    # timm arguments forwarded verbatim (e.g. {depth: 6}); recorded in the exported encoder.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HeadConfig:
+    out_dim: int = 4096  # K prototypes; 65536 on ImageNet, 4k-16k suits small datasets
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    n_layers: int = 3
+    norm_last_layer: bool = False  # the best ViT-S runs used False
+    freeze_last_layer_epochs: float = 1.0  # student last layer gets no update for this long
+
+
+@dataclass
+class AugmentConfig:
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
+    brightness: float = 0.4
+    contrast: float = 0.4
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2  # "grayscale" = every band replaced by the band mean
+    blur_p: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])  # global-1, global-2, locals
+    solarize_p: float = 0.2  # global-2 only, and only where values lie in [0, 1]
+    rotate90: bool = True  # no canonical "up" from orbit
+    vflip: bool = True
+
+
+@dataclass
+class LossConfig:
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # final value; above 0.07 is unstable
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30
+    center_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100
+    base_lr: float = 0.0005  # per 256 images of global batch
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    clip_grad: float = 3.0  # per-parameter norm, as the original; 0 disables
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
+    require_gpu: bool = False  # refuse to start without a GPU
+    compile: bool = False
+    max_steps: int | None = None  # stop early (demos, tests); schedules still span `epochs`
+    max_minutes: float | None = None
+    checkpoint_every_steps: int = 500
+    log_every_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn_data: str | None = None  # labelled patches for the online k-NN monitor; None disables it
+    knn_train_split: str = "train"
+    knn_val_split: str = "val"
+    knn_max_train: int = 2000
+    knn_max_val: int = 1000
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    every_epochs: int = 1
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise a ConfigError naming ``key``."""
+    if annotation is Any:
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_type(value, option, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{source}: key '{key}': expected {_type_name(annotation)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_check_type(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if isinstance(value, bool) and annotation is not bool:
+            raise ConfigError(f"{source}: key '{key}': expected {annotation.__name__}, got {value!r}")
+        if not isinstance(value, annotation):
+            raise ConfigError(f"{source}: key '{key}': expected {annotation.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: key '{key}': unsupported type {annotation}")
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")
+
+
+def _merge(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{full}' (valid: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: key '{full}': expected a mapping, got {value!r}")
+            _merge(current, value, f"{full}.", source)
+        else:
+            setattr(obj, key, _check_type(value, hints[key], full, source))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` (value parsed as YAML, so ``3``, ``1e-4``, ``[1,2]``, ``null`` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value (e.g. optim.epochs=10)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _merge(cfg, raw, "", str(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: dict[str, Any] = {keys[-1]: value}
+        for k in reversed(keys[:-1]):
+            nested = {k: nested}
+        _merge(cfg, nested, "", f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    cfg = Config()
+    _merge(cfg, values, "", source)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks the types cannot express."""
+    if cfg.data.kind not in ("patches", "scenes"):
+        raise ConfigError(f"key 'data.kind': expected 'patches' or 'scenes', got {cfg.data.kind!r}")
+    if cfg.trainer.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise ConfigError(f"key 'trainer.accelerator': unknown accelerator {cfg.trainer.accelerator!r}")
+    for name in ("global_scale", "local_scale"):
+        lo_hi = getattr(cfg.augment, name)
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"key 'augment.{name}': expected [low, high] with 0 < low <= high <= 1")
+    if len(cfg.augment.blur_p) != 3:
+        raise ConfigError("key 'augment.blur_p': expected three probabilities [global-1, global-2, locals]")
+    if cfg.loss.teacher_temp > 0.07 + 1e-9:
+        raise ConfigError("key 'loss.teacher_temp': values above 0.07 are unstable (DINO paper)")
+    if cfg.data.batch_size < 1 or cfg.optim.epochs < 1:
+        raise ConfigError("keys 'data.batch_size' and 'optim.epochs' must be >= 1")

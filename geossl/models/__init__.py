@@ -1,0 +1,1 @@
+"""Backbones (timm ViTs), the DINO projection head, and the exported-encoder format."""

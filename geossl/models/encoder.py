@@ -1,0 +1,170 @@
+"""The exported encoder: ``model.safetensors`` + ``geossl.json``, loadable with plain timm.
+
+A folder ``encoder/`` holds the backbone weights (safetensors, no pickles) and a JSON that says how to
+rebuild it (``timm.create_model(meta["timm_name"], **meta["timm_kwargs"])``) and what inputs it
+expects (bands, per-band statistics in raw pixel units, patch and image size, ground sample distance).
+:class:`Encoder` wraps the backbone with that normalisation, so users feed raw pixel values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from geossl.io import atomic_path, atomic_write_json
+from geossl.models.backbone import create_backbone
+
+FORMAT = "geossl-encoder"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "geossl.json"
+FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool")
+
+
+@dataclass
+class EncoderMeta:
+    """What an exported encoder is and what inputs it expects."""
+
+    timm_name: str
+    timm_kwargs: dict[str, Any]
+    bands: list[str]  # band names (or "band_<i>"), in the order the model reads them
+    mean: list[float]  # per-band statistics in raw pixel units (what the files hold)
+    std: list[float]
+    patch_size: int
+    img_size: int
+    embed_dim: int
+    gsd: float | None = None  # metres per pixel of the training data, when known
+    p2: list[float] | None = None  # 2nd/98th percentiles: for RGB renderings of any band count
+    p98: list[float] | None = None
+    feature_recipe: str = "cls_last4"  # what probes use by default
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance: config, steps, epochs
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.timm_kwargs["in_chans"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "geossl.json") -> EncoderMeta:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{source}: not a geossl encoder description (format={data.get('format')!r})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise ValueError(f"{source}: missing keys {missing}")
+        meta = cls(**{k: v for k, v in data.items() if k in names})
+        n = meta.in_chans
+        for key in ("bands", "mean", "std"):
+            if len(getattr(meta, key)) != n:
+                raise ValueError(f"{source}: '{key}' has {len(getattr(meta, key))} entries, the model reads {n} bands")
+        return meta
+
+
+class Encoder(nn.Module):
+    """A ViT backbone plus the per-band normalisation it was trained with.
+
+    ``forward`` takes raw pixel values (B, C, H, W) in the units of the training files and returns the
+    final CLS embedding; :meth:`features` returns the probe features of a named recipe.
+    """
+
+    def __init__(self, backbone: nn.Module, meta: EncoderMeta) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.meta = meta
+        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1).clamp_min(1e-6))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.meta.in_chans:
+            raise ValueError(
+                f"encoder expects {self.meta.in_chans} bands {self.meta.bands}, got input of shape {tuple(x.shape)}"
+            )
+        return (x.float() - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def tokens(self, x: torch.Tensor, n_last: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(patch tokens (B, N, D), CLS (B, D)) of the last ``n_last`` blocks, after the final norm."""
+        outs = self.backbone.get_intermediate_layers(
+            self.normalize(x), n=n_last, return_prefix_tokens=True, norm=True
+        )
+        return [(patches, prefix[:, 0]) for patches, prefix in outs]
+
+    def features(self, x: torch.Tensor, recipe: str | None = None) -> torch.Tensor:
+        """Frozen features for probes: ``cls``, ``cls_last4`` (DINO ViT-S protocol) or ``cls_avgpool``."""
+        recipe = recipe or self.meta.feature_recipe
+        if recipe == "cls":
+            return self.forward(x)
+        if recipe == "cls_last4":
+            return torch.cat([cls for _, cls in self.tokens(x, 4)], dim=-1)
+        if recipe == "cls_avgpool":
+            ((patches, cls),) = self.tokens(x, 1)
+            return torch.cat([cls, patches.mean(dim=1)], dim=-1)
+        raise ValueError(f"unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})")
+
+    def feature_dim(self, recipe: str | None = None) -> int:
+        recipe = recipe or self.meta.feature_recipe
+        return self.meta.embed_dim * {"cls": 1, "cls_last4": 4, "cls_avgpool": 2}[recipe]
+
+
+def export_encoder(backbone: nn.Module, meta: EncoderMeta, out_dir: str | Path) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/geossl.json`` atomically (weights first)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_FILE, suffix=".safetensors") as tmp:
+        safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(out_dir / META_FILE, meta.to_json())
+    return out_dir
+
+
+def read_meta(path: str | Path) -> EncoderMeta:
+    """Read ``geossl.json`` of an encoder (or land-cover model) folder, naming the file on errors."""
+    path = Path(path)
+    meta_path = path / META_FILE if path.is_dir() else path
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: encoder description missing (expected {META_FILE} in {path})")
+    try:
+        data = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
+    return EncoderMeta.from_json(data, str(meta_path))
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> Encoder:
+    """Load an exported encoder folder; ``random_init=True`` builds the same architecture untrained.
+
+    A path of the form ``random:<dir>`` is the same as ``random_init=True`` (the probe's baseline).
+    """
+    text = str(path)
+    if text.startswith("random:"):
+        path, random_init = text[len("random:") :], True
+    path = Path(path)
+    meta = read_meta(path)
+    backbone = create_backbone(meta.timm_name, meta.timm_kwargs)
+    if not random_init:
+        weights = path / WEIGHTS_FILE
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights}: encoder weights missing")
+        try:
+            state = safetensors.torch.load_file(str(weights))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"{weights}: unreadable safetensors file ({exc})") from None
+        try:
+            backbone.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights}: weights do not match {meta.timm_name} {meta.timm_kwargs}: {exc}") from None
+    encoder = Encoder(backbone, meta).to(device)
+    encoder.eval()
+    return encoder
