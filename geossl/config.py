@@ -33,6 +33,8 @@ class DataConfig:
     tiles_per_epoch: int = 10_000  # scenes: random tiles drawn per epoch
     min_valid_fraction: float = 0.9  # scenes: tiles with fewer valid pixels are never served
     stats: str | None = None  # band statistics JSON (geossl stats); None = computed from a sample
+    value_range: list[float] | None = None  # raw values mapped to [0, 1] for photometric ops; None = 0-255 for uint8, else off
+    gsd: float | None = None  # metres per pixel (recorded in the encoder; scenes: read from the files)
     batch_size: int = 64  # per device
     num_workers: int = 2
 
@@ -165,6 +167,11 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
         return dict(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, float, str, bool):
         if isinstance(value, bool) and annotation is not bool:
             raise ConfigError(f"{source}: key '{key}': expected {annotation.__name__}, got {value!r}")

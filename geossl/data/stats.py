@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from geossl.io import atomic_write_json, read_json
 
 
@@ -47,3 +49,125 @@ class BandStats:
             return cls(**{k: v for k, v in data.items() if k in names})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a band statistics file ({exc})") from None
+
+
+# --- computing statistics from a sample of the data -------------------------------------------------
+
+SourceLike = str | Path | list[str]
+
+
+def detect_kind(source: SourceLike) -> str:
+    """"patches" for a CSV, a folder with labels.csv/splits.csv, or class folders of images; else "scenes"."""
+    from geossl.data.patches import IMAGE_EXTS, LABELS_FILE, SPLITS_FILE
+    from geossl.data.uris import RASTER_EXTS
+    from geossl.settings import resolve_data_path
+
+    if isinstance(source, list):
+        if len(source) != 1:
+            return "scenes"
+        source = source[0]
+    path = Path(resolve_data_path(source))
+    if path.suffix.lower() == ".csv":
+        return "patches"
+    if not path.is_dir():
+        return "scenes"
+    if (path / LABELS_FILE).is_file() or (path / SPLITS_FILE).is_file():
+        return "patches"
+    if any(p.is_file() and p.name.lower().endswith(RASTER_EXTS) for p in path.iterdir()):
+        return "scenes"
+    for sub in path.iterdir():
+        if sub.is_dir() and any(p.name.lower().endswith(IMAGE_EXTS) for p in sub.iterdir()):
+            return "patches"
+    return "scenes"
+
+
+class _Accumulator:
+    """Exact per-band mean/std (Chan's parallel merge) and a bounded random sample for percentiles."""
+
+    def __init__(self, n_bands: int, values_per_item: int, seed: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(n_bands)
+        self.m2 = np.zeros(n_bands)
+        self.values_per_item = values_per_item
+        self.samples: list[np.ndarray] = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, image: np.ndarray, valid: np.ndarray) -> None:
+        """``image`` (C,H,W), ``valid`` (H,W) bool; invalid and non-finite pixels are ignored."""
+        pixels = image.reshape(image.shape[0], -1).astype(np.float64)
+        keep = valid.reshape(-1) & np.isfinite(pixels).all(axis=0)
+        pixels = pixels[:, keep]
+        n = pixels.shape[1]
+        if n == 0:
+            return
+        mean = pixels.mean(axis=1)
+        m2 = ((pixels - mean[:, None]) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+        if n > self.values_per_item:
+            pixels = pixels[:, self.rng.choice(n, self.values_per_item, replace=False)]
+        self.samples.append(pixels.astype(np.float32) if image.dtype.itemsize <= 4 else pixels)
+
+    def result(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        values = np.concatenate(self.samples, axis=1)
+        # One band at a time in float64: exact interpolation, bounded extra memory.
+        p2, p98 = np.array([np.percentile(band.astype(np.float64), [2, 98]) for band in values]).T
+        std = np.sqrt(self.m2 / self.count)
+        return self.mean.tolist(), std.tolist(), p2.tolist(), p98.tolist()
+
+
+def compute_stats(
+    source: SourceLike,
+    kind: str = "auto",
+    bands: list[int] | None = None,
+    n_tiles: int = 256,
+    tile_size: int = 64,
+    seed: int = 0,
+    max_values: int = 4_000_000,
+) -> BandStats:
+    """Per-band mean, std, 2nd/98th percentiles in raw units over a sample, ignoring nodata/NaN pixels.
+
+    Scenes: ``n_tiles`` random tiles of ``tile_size`` px (any tile, however little of it is valid).
+    Patches: a seeded class-balanced subset of ``n_tiles`` patches. Mean and std are exact over the
+    sample; percentiles use at most ``max_values`` pixels per band (a random subset), so memory stays
+    bounded whatever the tile size.
+    """
+    import torch
+
+    from geossl.data.patches import PatchDataset
+    from geossl.data.scenes import RandomTileDataset
+
+    kind = detect_kind(source) if kind == "auto" else kind
+    if kind == "patches":
+        if isinstance(source, list) and len(source) != 1:
+            raise ValueError(f"patches: expected one folder or CSV, got {len(source)} inputs: {source}")
+        patch_source = source[0] if isinstance(source, list) else source
+        dataset: torch.utils.data.Dataset = PatchDataset(patch_source, bands=bands, limit=n_tiles, seed=seed)
+        sources = [str(patch_source)]
+    elif kind == "scenes":
+        dataset = RandomTileDataset(
+            source if isinstance(source, list) else str(source), tile_size=tile_size, length=n_tiles,
+            bands=bands, min_valid_fraction=0.0, seed=seed,
+        )  # fmt: skip
+        sources = [s.uri for s in dataset.scenes]
+    else:
+        raise ValueError(f"kind must be 'auto', 'scenes' or 'patches', got {kind!r}")
+
+    n_items = len(dataset)
+    acc = _Accumulator(dataset.band_count, max(1, max_values // n_items), seed)
+    for i in range(n_items):
+        item = dataset[i]
+        image = item["image"].numpy()
+        valid = item["mask"].numpy() if "mask" in item else np.ones(image.shape[1:], dtype=bool)
+        acc.add(image, valid)
+    if acc.count == 0:
+        raise ValueError(f"{', '.join(sources[:3])}: no valid pixels in {n_items} sampled {kind}")
+    mean, std, p2, p98 = acc.result()
+    band_indexes = bands or list(range(1, dataset.band_count + 1))
+    return BandStats(
+        bands=[f"band_{b}" for b in band_indexes], mean=mean, std=std, p2=p2, p98=p98,
+        dtype=dataset.dtype, n_pixels=int(acc.count), sources=sources,
+    )  # fmt: skip

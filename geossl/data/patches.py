@@ -1,0 +1,326 @@
+"""Labelled image patches (EuroSAT-style class folders or a CSV) as a map-style torch Dataset.
+
+Images come back in the file's raw units (no scaling), so the same band statistics serve training and
+inference. Sources are validated up front (missing files, unknown labels, empty splits) because a typo
+found after an hour of pretraining costs an hour; per-file decode problems surface at ``__getitem__``
+with the file's name.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image, UnidentifiedImageError
+from rasterio.errors import RasterioError
+
+from geossl.settings import resolve_data_path
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+RASTERIO_EXTS = (".tif", ".tiff")
+SPLITS_FILE = "splits.csv"
+LABELS_FILE = "labels.csv"
+SPLIT_NAMES = ("train", "val", "test")
+
+# torch has only "shell" support for uint16/uint32 (no max, interpolate, ...): widen to the next signed type.
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "uint16": torch.int32,
+    "int32": torch.int32,
+    "uint32": torch.int64,
+    "int64": torch.int64,
+    "float16": torch.float32,
+    "float32": torch.float32,
+    "float64": torch.float32,  # imagery never needs 53-bit mantissas; halves memory and transfer
+}
+
+
+def compact_torch_dtype(numpy_dtype: str | np.dtype) -> torch.dtype:
+    """The torch dtype that holds every value of ``numpy_dtype`` with the fewest bytes and full op support."""
+    name = np.dtype(numpy_dtype).name
+    if name not in _TORCH_DTYPES:
+        raise ValueError(f"unsupported pixel dtype {name!r} (supported: {', '.join(_TORCH_DTYPES)})")
+    return _TORCH_DTYPES[name]
+
+
+def to_compact_tensor(array: np.ndarray) -> torch.Tensor:
+    """A contiguous tensor of ``array`` in its compact torch dtype (see :func:`compact_torch_dtype`)."""
+    if array.dtype == np.uint8:  # the common case, without the dtype lookup
+        return torch.from_numpy(np.ascontiguousarray(array))
+    target = compact_torch_dtype(array.dtype)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor if tensor.dtype == target else tensor.to(target)
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> np.ndarray:
+    """Assign "train"/"val"/"test" so every class keeps the given fractions; deterministic in ``seed``.
+
+    Per class, counts are rounded with the largest-remainder rule so they add up exactly.
+    """
+    labels = np.asarray(labels)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"stratified_split: fractions must be three non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype="<U5")
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        exact = np.asarray(fractions, dtype=np.float64) * len(members)
+        counts = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
+            counts[k] += 1
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for name, start, stop in zip(SPLIT_NAMES, bounds[:-1], bounds[1:], strict=True):
+            out[members[start:stop]] = name
+    return out
+
+
+def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``limit`` items, as even across classes as the class sizes allow."""
+    labels = np.asarray(labels)
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rank[members] = rng.permutation(len(members))
+    class_order = rng.permutation(int(labels.max()) + 1)
+    # Round-robin: every class's 1st pick, then every class's 2nd pick, ...
+    order = np.lexsort((class_order[labels], rank))
+    return np.sort(order[:limit])
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | None]:
+    """Rows of a ``path,label[,split]`` CSV, with errors naming the file."""
+    try:
+        with open(csv_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "path" not in fields or "label" not in fields:
+                raise ValueError(f"{csv_path}: expected a header with columns path,label[,split]; got {fields}")
+            reader.fieldnames = fields
+            rows = list(reader)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{csv_path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{csv_path}: not a readable CSV ({exc})") from None
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows")
+    paths = [(r["path"] or "").strip() for r in rows]
+    labels = [(r["label"] or "").strip() for r in rows]
+    for line, (p, lab) in enumerate(zip(paths, labels, strict=True), start=2):
+        if not p or not lab:
+            raise ValueError(f"{csv_path}: line {line}: empty path or label")
+    splits = [(r.get("split") or "").strip() for r in rows] if "split" in fields else None
+    return paths, labels, splits
+
+
+def _scan_class_folders(root: Path) -> tuple[list[str], list[str]]:
+    """``<root>/<Class>/<image>`` files, sorted by class then name; hidden entries ignored."""
+    paths: list[str] = []
+    labels: list[str] = []
+    class_dirs = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    for class_dir in sorted(class_dirs, key=lambda e: e.name):
+        names = sorted(
+            e.name
+            for e in os.scandir(class_dir.path)
+            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTS)
+        )
+        paths.extend(f"{class_dir.name}/{n}" for n in names)
+        labels.extend([class_dir.name] * len(names))
+    if not paths:
+        raise FileNotFoundError(
+            f"{root}: no images found (expected <Class>/<name>{{{','.join(IMAGE_EXTS)}}} sub-folders, "
+            f"or a {LABELS_FILE}/{SPLITS_FILE})"
+        )
+    return paths, labels
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Labelled patches from a class-folder tree (EuroSAT layout ``<Class>/<name>.jpg|png|tif``) or a CSV.
+
+    ``source`` is a folder or a ``path,label[,split]`` CSV (paths relative to the CSV's folder). In a
+    folder, ``splits.csv`` is used when ``split`` is given, else ``labels.csv``, else the class
+    sub-folders. Without a split column, ``split`` selects from :func:`stratified_split` (``seed``).
+    ``limit`` keeps a seeded class-balanced subset; ``bands`` are 1-based band indices.
+    Items: ``{"image": (C,H,W) raw units in a compact dtype, "label": int, "index": int}``.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        split: str | None = None,
+        bands: list[int] | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        classes: list[str] | None = None,
+    ) -> None:
+        source_path = Path(resolve_data_path(source)).expanduser()
+        paths, names, splits, table = self._load_table(source_path, split)
+        self.source = source_path
+        self.root = source_path if source_path.is_dir() else source_path.parent
+        self.classes = list(classes) if classes is not None else sorted(set(names))
+        index_of = {c: k for k, c in enumerate(self.classes)}
+        unknown = sorted(set(names) - index_of.keys())
+        if unknown:
+            raise ValueError(f"{table}: label(s) {unknown[:5]} not in the given classes {self.classes}")
+        labels = np.fromiter((index_of[n] for n in names), dtype=np.int64, count=len(names))
+
+        if split is not None:
+            if splits is None:
+                splits = list(stratified_split(labels, seed=seed))
+            keep = np.flatnonzero(np.asarray(splits) == split)
+            if keep.size == 0:
+                available = sorted(set(splits))
+                raise ValueError(f"{table}: split {split!r} is empty (splits present: {available})")
+            paths = [paths[k] for k in keep]
+            labels = labels[keep]
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"{table}: limit must be >= 1, got {limit}")
+            keep = balanced_subset(labels, limit, seed=seed)
+            paths = [paths[k] for k in keep]
+            labels = labels[keep]
+
+        self.paths = [p if p.is_absolute() else self.root / p for p in map(Path, paths)]
+        self.labels = labels
+        self._check_exist(table)
+        self._file_bands, self._file_dtype = self._probe(self.paths[0])
+        self.bands = self._check_bands(bands)
+
+    @staticmethod
+    def _load_table(
+        source: Path, split: str | None
+    ) -> tuple[list[str], list[str], list[str] | None, Path]:
+        """(paths, label names, splits or None, the file that defined them)."""
+        if source.is_file():
+            if source.suffix.lower() != ".csv":
+                raise ValueError(f"{source}: expected a folder or a .csv file (path,label[,split])")
+            return (*_read_csv(source), source)
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source}: no such folder or CSV file")
+        if split is not None and (source / SPLITS_FILE).is_file():
+            return (*_read_csv(source / SPLITS_FILE), source / SPLITS_FILE)
+        if (source / LABELS_FILE).is_file():
+            return (*_read_csv(source / LABELS_FILE), source / LABELS_FILE)
+        paths, labels = _scan_class_folders(source)
+        return paths, labels, None, source
+
+    def _check_exist(self, table: Path) -> None:
+        missing = [p for p in self.paths if not p.is_file()]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:3])
+            raise FileNotFoundError(f"{table}: {len(missing)} of {len(self.paths)} listed files do not exist: {shown}")
+
+    @staticmethod
+    def _probe(path: Path) -> tuple[int, str]:
+        """(band count, numpy dtype name) of one file, from its header only."""
+        try:
+            if path.suffix.lower() in RASTERIO_EXTS:
+                with rasterio.open(path) as src:
+                    return src.count, src.dtypes[0]
+            with Image.open(path) as img:
+                return _pil_layout(img, path)
+        except (RasterioError, UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+    def _check_bands(self, bands: list[int] | None) -> list[int] | None:
+        if bands is None:
+            return None
+        bands = [int(b) for b in bands]
+        bad = [b for b in bands if not 1 <= b <= self._file_bands]
+        if not bands or bad:
+            raise ValueError(
+                f"{self.paths[0]}: band index {bad or bands} out of range: the file has {self._file_bands} "
+                f"bands (1-based indices 1..{self._file_bands})"
+            )
+        return bands
+
+    @property
+    def band_count(self) -> int:
+        """Channels of each returned image (after band selection): a model's ``in_chans``."""
+        return len(self.bands) if self.bands is not None else self._file_bands
+
+    @property
+    def dtype(self) -> str:
+        """Numpy name of the pixel dtype stored in the files (e.g. "uint8", "uint16")."""
+        return self._file_dtype
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} patches")
+        i = i % len(self)
+        array = self.read(self.paths[i])
+        return {"image": to_compact_tensor(array), "label": int(self.labels[i]), "index": i}
+
+    def read(self, path: Path) -> np.ndarray:
+        """(C,H,W) array of the selected bands of one file, in the file's dtype; errors name the file."""
+        try:
+            if path.suffix.lower() in RASTERIO_EXTS:
+                with rasterio.open(path) as src:
+                    self._check_layout(path, src.count, src.dtypes[0])
+                    return src.read(self.bands)
+            with Image.open(path) as img:
+                count, dtype = _pil_layout(img, path)
+                self._check_layout(path, count, dtype)
+                if img.mode in ("P", "PA", "1"):
+                    img = img.convert(_PIL_CONVERT[img.mode] if img.mode != "P" or "transparency" not in img.info else "RGBA")
+                array = np.asarray(img)
+        except (RasterioError, UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"{path}: not a readable image or truncated ({exc})") from None
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return array if self.bands is None else array[[b - 1 for b in self.bands]]
+
+    def _check_layout(self, path: Path, count: int, dtype: str) -> None:
+        if count != self._file_bands:
+            raise ValueError(
+                f"{path}: has {count} bands but {self.paths[0]} has {self._file_bands}: mixed band counts "
+                "in one dataset"
+            )
+        if dtype != self._file_dtype:
+            raise ValueError(f"{path}: pixel dtype {dtype} differs from {self._file_dtype} of {self.paths[0]}")
+
+
+_PIL_MODES: dict[str, tuple[int, str]] = {
+    "1": (1, "uint8"),
+    "L": (1, "uint8"),
+    "LA": (2, "uint8"),
+    "P": (3, "uint8"),
+    "PA": (4, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (4, "uint8"),
+    "CMYK": (4, "uint8"),
+    "I;16": (1, "uint16"),
+    "I;16B": (1, "uint16"),
+    "I;16L": (1, "uint16"),
+    "I": (1, "int32"),
+    "F": (1, "float32"),
+}
+
+
+_PIL_CONVERT = {"1": "L", "P": "RGB", "PA": "RGBA"}  # modes numpy cannot take as they are
+
+
+def _pil_layout(img: Image.Image, path: Path) -> tuple[int, str]:
+    """(band count, dtype) of a PIL image as :meth:`PatchDataset.read` returns it."""
+    if img.mode not in _PIL_MODES:
+        raise ValueError(f"{path}: unsupported image mode {img.mode!r}")
+    count, dtype = _PIL_MODES[img.mode]
+    if img.mode == "P" and "transparency" in img.info:
+        count = 4
+    return count, dtype

@@ -1,0 +1,403 @@
+"""Tiles from georeferenced scenes (GeoTIFF/COG, local or S3): random tiles for training, a grid for inference.
+
+We read pixel windows straight from each scene in its own CRS and resolution: self-supervision needs
+no common grid, and skipping reprojection is what makes this ~30x faster per core than a warping
+reader (see :mod:`geossl.data.torchgeo_compat`). Every tile carries exact float64 georeferencing from
+the scene's affine transform, plus a validity mask (nodata value, NaN/inf, internal mask or alpha).
+
+Random tiles are a *map-style* dataset: item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``,
+so DistributedSampler ranks see disjoint tiles, DataLoader workers change nothing, and a resumed
+run replays exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import affine
+import numpy as np
+import rasterio
+import torch
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geossl.data.patches import compact_torch_dtype, to_compact_tensor
+from geossl.data.uris import expand_inputs, to_gdal_uri
+from geossl.settings import resolve_data_path
+
+MAX_DRAWS = 100  # random tiles: redraws before giving up on reaching min_valid_fraction
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What a scene is, from its header: enough to plan tiles without reading pixels."""
+
+    uri: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: affine.Affine
+    nodata: float | None
+    res: tuple[float, float]
+
+    @property
+    def crs_string(self) -> str:
+        """``"EPSG:xxxx"`` when the CRS has an authority code, else WKT ("" when the scene has no CRS)."""
+        return self.crs.to_string() if self.crs else ""
+
+
+def _gdal_env(uri: str) -> contextlib.AbstractContextManager[Any]:
+    """S3 paths need boto3's credentials and the AWS_ENDPOINT_URL endpoint; local files need nothing."""
+    if uri.startswith("/vsis3/"):
+        from geossl.data.s3 import rasterio_env
+
+        return rasterio_env()
+    return contextlib.nullcontext()
+
+
+def _open(uri: str) -> rasterio.DatasetReader:
+    """Open a raster read-only; errors name the file."""
+    try:
+        with _gdal_env(uri):
+            return rasterio.open(uri)
+    except RasterioError as exc:
+        remote = uri.startswith("/vsi") or "://" in uri
+        missing = not os.path.exists(uri) if not remote else "does not exist" in str(exc)
+        kind = FileNotFoundError if missing else ValueError
+        raise kind(f"{uri}: cannot open as a raster ({exc})") from None
+
+
+def scene_info(uri: str) -> SceneInfo:
+    """Header of a scene: a local path, ``/vsis3/...`` or ``s3://bucket/key`` (converted for GDAL)."""
+    uri = to_gdal_uri(resolve_data_path(uri))
+    with _open(uri) as src:
+        return SceneInfo(
+            uri=uri, width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
+            crs=src.crs, transform=src.transform, nodata=src.nodata, res=(float(src.res[0]), float(src.res[1])),
+        )  # fmt: skip
+
+
+def _fill_value(nodata: float | None, dtype: np.dtype) -> Any:
+    """What padding and non-finite pixels hold: the nodata value when the dtype can hold it, else 0."""
+    if nodata is None or not math.isfinite(nodata):
+        return 0
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return int(nodata) if info.min <= nodata <= info.max and float(nodata).is_integer() else 0
+    return nodata
+
+
+class SceneReader:
+    """Windowed reads of selected bands + a validity mask, with one file handle per process.
+
+    DataLoader workers fork: an inherited GDAL handle shares the parent's file offset, so each process
+    opens its own (keyed by ``os.getpid()``). Pickling drops handles (spawn workers reopen lazily).
+    """
+
+    def __init__(self, info: SceneInfo, bands: list[int] | None = None) -> None:
+        self.info = info
+        self.indexes = list(bands) if bands is not None else list(range(1, info.count + 1))
+        self.np_dtype = np.dtype(info.dtype)
+        self.is_float = np.issubdtype(self.np_dtype, np.floating)
+        self.fill = _fill_value(info.nodata, self.np_dtype)
+        self.remote = info.uri.startswith("/vsis3/")
+        self._handles: dict[int, rasterio.DatasetReader] = {}
+        self._mask_plan: tuple[str, list[float | None]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def handle(self) -> rasterio.DatasetReader:
+        pid = os.getpid()
+        src = self._handles.get(pid)
+        if src is None:
+            src = self._handles[pid] = _open(self.info.uri)
+            flags = [src.mask_flag_enums[b - 1] for b in self.indexes]
+            if all(f == [MaskFlags.all_valid] for f in flags):
+                self._mask_plan = ("none", [])
+            elif all(f == [MaskFlags.nodata] for f in flags):
+                # Per band; NaN nodata equals nothing, so it becomes None: the finite check masks it.
+                nodatavals = [src.nodatavals[b - 1] for b in self.indexes]
+                usable = [None if v is None or math.isnan(v) else v for v in nodatavals]
+                self._mask_plan = ("nodata", usable) if any(v is not None for v in usable) else ("none", [])
+            else:  # internal/external mask or alpha band: GDAL knows best
+                self._mask_plan = ("gdal", [])
+        return src
+
+    def read(self, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """(C,h,w) pixels and (h,w) bool valid mask of a window; parts outside the scene are padded invalid."""
+        src = self.handle()
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, self.info.width), min(row + height, self.info.height)
+        if (c0, r0, c1, r1) == (col, row, col + width, row + height):
+            return self._read_inside(src, Window(col, row, width, height))
+        data = np.full((len(self.indexes), height, width), self.fill, dtype=self.np_dtype)
+        valid = np.zeros((height, width), dtype=bool)
+        if c1 > c0 and r1 > r0:
+            inner, inner_valid = self._read_inside(src, Window(c0, r0, c1 - c0, r1 - r0))
+            data[:, r0 - row : r1 - row, c0 - col : c1 - col] = inner
+            valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner_valid
+        return data, valid
+
+    def _read_inside(self, src: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if self.remote:
+                with _gdal_env(self.info.uri):
+                    data = src.read(self.indexes, window=window)
+            else:
+                data = src.read(self.indexes, window=window)
+        except RasterioError as exc:
+            raise ValueError(f"{self.info.uri}: cannot read window {window} ({exc})") from None
+        assert self._mask_plan is not None
+        plan, nodatavals = self._mask_plan
+        if plan == "none":
+            valid = np.ones(data.shape[1:], dtype=bool)
+        elif plan == "nodata" and len(set(nodatavals)) == 1:  # one shared nodata value: one vector op
+            valid = (data != nodatavals[0]).all(axis=0)
+        elif plan == "nodata":
+            valid = np.ones(data.shape[1:], dtype=bool)
+            for band, nodata in zip(data, nodatavals, strict=True):
+                if nodata is not None:
+                    valid &= band != nodata
+        else:
+            with _gdal_env(self.info.uri):
+                valid = (src.read_masks(self.indexes, window=window) != 0).all(axis=0)
+        if self.is_float:
+            finite = np.isfinite(data)
+            if not finite.all():
+                valid &= finite.all(axis=0)
+                data[~finite] = self.fill
+        return data, valid
+
+
+def _georef(
+    col: int, row: int, width: int, height: int, transform: affine.Affine
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bounds (left, bottom, right, top), the tile's 6 affine coefficients), float64, from the scene transform.
+
+    Plain float arithmetic, identical to ``rasterio.windows.bounds``/``transform`` but ~10x cheaper
+    (this runs once per tile). Bounds of a rotated transform are the envelope of the 4 corners.
+    """
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    # Same operation order as affine's ``transform * (col, row)``, so results match it bit for bit.
+    corners = [(cc, rr) for cc in (col, col + width) for rr in (row, row + height)]
+    xs = [cc * a + rr * b + c for cc, rr in corners]
+    ys = [cc * d + rr * e + f for cc, rr in corners]
+    bounds = torch.tensor([min(xs), min(ys), max(xs), max(ys)], dtype=torch.float64)
+    return bounds, torch.tensor([a, b, xs[0], d, e, ys[0]], dtype=torch.float64)
+
+
+def _check_bands(bands: list[int] | None, info: SceneInfo) -> list[int] | None:
+    if bands is None:
+        return None
+    bands = [int(b) for b in bands]
+    bad = [b for b in bands if not 1 <= b <= info.count]
+    if not bands or bad:
+        raise ValueError(f"{info.uri}: band index {bad or bands} out of range: the scene has {info.count} bands")
+    return bands
+
+
+class RandomTileDataset(torch.utils.data.Dataset):
+    """``length`` random square tiles per epoch from one or more scenes (any CRS, band count must agree).
+
+    Scenes are drawn in proportion to their area; tiles with fewer than ``min_valid_fraction`` valid
+    pixels are redrawn (bounded), never served. Items: ``{"image": (C,T,T) raw units, compact dtype,
+    "mask": (T,T) bool (True = valid), "bounds": float64 (left, bottom, right, top) in the scene CRS,
+    "crs": str, "scene": int}``. Invalid pixels keep the nodata value (non-finite ones become it, or 0).
+    """
+
+    def __init__(
+        self,
+        scenes: str | list[str],
+        tile_size: int,
+        length: int,
+        bands: list[int] | None = None,
+        min_valid_fraction: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        if tile_size < 1 or length < 1:
+            raise ValueError(f"tile_size and length must be >= 1, got {tile_size} and {length}")
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.scenes = [scene_info(uri) for uri in expand_inputs(scenes)]
+        self.bands = _check_bands(bands, self.scenes[0])
+        first = self.scenes[0]
+        for info in self.scenes:
+            _check_bands(self.bands, info)
+            if bands is None and info.count != first.count:
+                raise ValueError(f"{info.uri}: has {info.count} bands but {first.uri} has {first.count}; pass bands=")
+            if info.width < tile_size or info.height < tile_size:
+                raise ValueError(f"{info.uri}: scene is {info.width}x{info.height} px, smaller than tile_size {tile_size}")
+        self.tile_size, self.length = tile_size, length
+        self.min_valid_fraction, self.seed = min_valid_fraction, seed
+        self._np_dtype = np.result_type(*[np.dtype(s.dtype) for s in self.scenes])
+        self._readers = [SceneReader(info, self.bands) for info in self.scenes]
+        positions = np.array([(s.width - tile_size + 1) * (s.height - tile_size + 1) for s in self.scenes], float)
+        self._cumulative = (np.cumsum(positions) / positions.sum()).tolist()
+        self._crs_strings = [info.crs_string for info in self.scenes]  # to_string() costs ~40 us
+        # Shared memory: set_epoch in the main process reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def band_count(self) -> int:
+        return len(self.bands) if self.bands is not None else self.scenes[0].count
+
+    @property
+    def dtype(self) -> str:
+        """Numpy name of the pixel dtype of the scenes (promoted when they differ)."""
+        return self._np_dtype.name
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return compact_torch_dtype(self._np_dtype)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's tiles: tile ``i`` of epoch ``e`` comes from an RNG seeded by (seed, e, i)."""
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def draw(self, i: int, epoch: int | None = None) -> tuple[int, Window, np.ndarray, np.ndarray]:
+        """(scene index, window, pixels, valid mask) of tile ``i``; deterministic in (seed, epoch, i)."""
+        if not 0 <= i < self.length:
+            raise IndexError(f"tile index {i} out of range for {self.length} tiles")
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng((self.seed, epoch, i))
+        size = self.tile_size
+        best: dict[int, float] = {}
+        for _ in range(MAX_DRAWS):
+            u_scene, u_row, u_col = rng.random(3).tolist()  # one call: the RNG is a hot spot per tile
+            s = min(bisect.bisect_right(self._cumulative, u_scene), len(self.scenes) - 1)
+            info = self.scenes[s]
+            row = int(u_row * (info.height - size + 1))
+            col = int(u_col * (info.width - size + 1))
+            data, valid = self._readers[s].read(col, row, size, size)
+            fraction = np.count_nonzero(valid) / valid.size
+            if fraction >= self.min_valid_fraction:
+                return s, Window(col, row, size, size), data, valid
+            best[s] = max(best.get(s, 0.0), fraction)
+        tried = "; ".join(f"{self.scenes[s].uri} (best {f:.0%})" for s, f in best.items())
+        raise ValueError(
+            f"no {size}px tile with >= {self.min_valid_fraction:.0%} valid pixels in {MAX_DRAWS} draws "
+            f"(item {i}, epoch {epoch}): {tried}. Lower min_valid_fraction or check the nodata value."
+        )
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, window, data, valid = self.draw(int(i))
+        size = self.tile_size
+        bounds, _ = _georef(int(window.col_off), int(window.row_off), size, size, self.scenes[s].transform)
+        if data.dtype != self._np_dtype:
+            data = data.astype(self._np_dtype)
+        return {
+            "image": to_compact_tensor(data),
+            "mask": torch.from_numpy(valid),
+            "bounds": bounds,
+            "crs": self._crs_strings[s],
+            "scene": s,
+        }
+
+
+def _offsets(extent: int, size: int, stride: int, edge: str) -> list[int]:
+    """Window starts along one axis; "shift" ends the last window at the edge, "pad" runs past it."""
+    if edge == "pad":
+        return [k * stride for k in range(math.ceil(max(extent - size, 0) / stride) + 1)]
+    starts = list(range(0, extent - size + 1, stride))
+    if starts[-1] + size < extent:
+        starts.append(extent - size)
+    return starts
+
+
+class GridTiles(torch.utils.data.Dataset):
+    """A regular grid of windows over ONE scene, for inference (classified maps, embeddings).
+
+    ``edge="shift"``: the last row/column of windows is moved back to end exactly at the scene edge
+    (overlapping its neighbour, no padding). ``edge="pad"``: windows run past the edge; padded pixels
+    hold the nodata value (0 without one) and are masked invalid. Items: ``image``, ``mask``,
+    ``window`` (col_off, row_off, width, height), ``transform`` (the tile's affine a..f, float64),
+    ``bounds`` (left, bottom, right, top, float64).
+    """
+
+    def __init__(
+        self,
+        scene: str,
+        tile_size: int,
+        stride: int | None = None,
+        bands: list[int] | None = None,
+        edge: str = "shift",
+    ) -> None:
+        stride = tile_size if stride is None else stride
+        if tile_size < 1 or stride < 1:
+            raise ValueError(f"tile_size and stride must be >= 1, got {tile_size} and {stride}")
+        if edge not in ("shift", "pad"):
+            raise ValueError(f"edge must be 'shift' or 'pad', got {edge!r}")
+        self.info = scene_info(scene)
+        if edge == "shift" and (self.info.width < tile_size or self.info.height < tile_size):
+            raise ValueError(
+                f"{self.info.uri}: scene is {self.info.width}x{self.info.height} px, smaller than tile_size "
+                f"{tile_size}; use edge='pad' or a smaller tile"
+            )
+        self.bands = _check_bands(bands, self.info)
+        self.tile_size, self.stride, self.edge = tile_size, stride, edge
+        cols = _offsets(self.info.width, tile_size, stride, edge)
+        rows = _offsets(self.info.height, tile_size, stride, edge)
+        self.windows = [Window(c, r, tile_size, tile_size) for r in rows for c in cols]
+        self.grid_shape = (len(rows), len(cols))
+        self._reader = SceneReader(self.info, self.bands)
+
+    @property
+    def band_count(self) -> int:
+        return len(self.bands) if self.bands is not None else self.info.count
+
+    @property
+    def dtype(self) -> str:
+        return self.info.dtype
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        window = self.windows[i]
+        col, row, width, height = (int(v) for v in (window.col_off, window.row_off, window.width, window.height))
+        data, valid = self._reader.read(col, row, width, height)
+        bounds, transform = _georef(col, row, width, height, self.info.transform)
+        return {
+            "image": to_compact_tensor(data),
+            "mask": torch.from_numpy(valid),
+            "window": (col, row, width, height),
+            "transform": transform,
+            "bounds": bounds,
+        }
+
+    def read_batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Stacked batches in grid order (row-major); only one batch is in memory at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            items = [self[k] for k in range(start, min(start + batch_size, len(self)))]
+            yield {
+                "image": torch.stack([it["image"] for it in items]),
+                "mask": torch.stack([it["mask"] for it in items]),
+                "window": torch.tensor([it["window"] for it in items], dtype=torch.int64),
+                "transform": torch.stack([it["transform"] for it in items]),
+                "bounds": torch.stack([it["bounds"] for it in items]),
+                "index": torch.arange(start, start + len(items)),
+            }

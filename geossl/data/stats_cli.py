@@ -1,0 +1,48 @@
+"""``geossl stats``: per-band statistics of scenes or patches -> stats.json (what training and inference normalise with)."""
+
+from __future__ import annotations
+
+import argparse
+
+from geossl.data.stats import compute_stats
+
+
+def parse_bands(text: str | None) -> list[int] | None:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (1-based band indices); None or "" -> all bands."""
+    if not text:
+        return None
+    try:
+        bands = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--bands: expected comma-separated 1-based band numbers (e.g. 4,3,2), got {text!r}") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"--bands: band numbers start at 1, got {text!r}")
+    return bands
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="scenes (files, folders, globs, s3:// prefixes) or one patch folder/CSV")
+    parser.add_argument("--out", required=True, help="where to write the statistics JSON")
+    parser.add_argument("--bands", default=None, help="1-based band numbers, comma-separated (default: all)")
+    parser.add_argument("--tiles", type=int, default=256, help="random tiles (scenes) or patches to sample")
+    parser.add_argument("--tile-size", type=int, default=64, help="tile size in pixels (scenes)")
+    parser.add_argument("--kind", choices=["auto", "scenes", "patches"], default="auto",
+                        help="what --input holds (auto: patches for a CSV or class folders, else scenes)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tiles < 1 or args.tile_size < 1:
+        raise ValueError("--tiles and --tile-size must be >= 1")
+    source = args.input if len(args.input) > 1 else args.input[0]
+    stats = compute_stats(source, kind=args.kind, bands=parse_bands(args.bands), n_tiles=args.tiles,
+                          tile_size=args.tile_size, seed=args.seed)
+    stats.save(args.out)
+
+    def fmt(values: list[float]) -> str:
+        return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+    print(f"stats: {stats.count} bands ({stats.dtype}) from {len(stats.sources)} source(s), "
+          f"{stats.n_pixels:,} valid pixels; mean {fmt(stats.mean)} std {fmt(stats.std)} -> {args.out}")
+    return 0

@@ -1,0 +1,142 @@
+"""Callbacks that make pretraining observable and safe to interrupt."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from geossl.config import EvalConfig
+
+log = logging.getLogger("geossl")
+
+
+def metric_line(**values: float | int) -> str:
+    """``geossl-metric key=value ...``: plain lines SageMaker metric regexes (and humans) can scrape."""
+    parts = []
+    for key, value in values.items():
+        parts.append(f"{key}={value:.6f}" if isinstance(value, float) else f"{key}={value}")
+    return "geossl-metric " + " ".join(parts)
+
+
+class MetricPrinter(L.Callback):
+    """Every ``every`` steps on rank 0: loss, lr and throughput as one unbuffered line; warns on collapse.
+
+    Also the place where the (device-side) non-finite counter is read, so the hot path never syncs.
+    """
+
+    def __init__(self, every: int, collapse_std: float = 1e-3) -> None:
+        self.every = max(1, every)
+        self.collapse_std = collapse_std
+        self._last_time: float | None = None
+        self._last_step = 0
+        self.history: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every != 0 and step != 1:
+            return
+        pl_module.check_finite()
+        now = time.perf_counter()
+        images = 0.0
+        if self._last_time is not None:
+            steps = step - self._last_step
+            images = steps * pl_module.cfg.data.batch_size * trainer.world_size / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        monitors = {k: float(v) for k, v in pl_module.monitors.items()}
+        if not trainer.is_global_zero or not monitors:
+            return
+        record = {"step": step, "epoch": step / pl_module.steps_per_epoch, **monitors,
+                  "lr": pl_module.schedule_value("lr", step - 1), "img_per_s": images}
+        self.history.append(record)
+        print(metric_line(step=step, epoch=trainer.current_epoch, loss=monitors["loss"],
+                          lr=record["lr"], img_per_s=round(images, 1)), flush=True)
+        if monitors.get("teacher_std", 1.0) < self.collapse_std:
+            msg = (f"COLLAPSE WARNING at step {step}: std of normalised teacher embeddings is "
+                   f"{monitors['teacher_std']:.2e} (near 0 = every tile maps to the same point). "
+                   "Try a lower teacher temperature, more augmentation, or a lower learning rate.")
+            print(msg, file=sys.stderr, flush=True)
+            log.warning(msg)
+
+
+class SigtermCheckpoint(L.Callback):
+    """On SIGTERM (SageMaker stop, spot interruption, Ctrl-C of a scheduler) save ``last.ckpt`` at the
+    next batch boundary and stop. SageMaker allows 120 s; one step plus one save fits easily."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.saved_at: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        received = bool(getattr(trainer, "received_sigterm", False))
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if received and self.saved_at is None:
+            pl_module.check_finite()
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
+            self.saved_at = trainer.global_step
+            if trainer.is_global_zero:
+                print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
+            trainer.should_stop = True
+
+
+class FinalCheckpoint(L.Callback):
+    """Save ``last.ckpt`` when training ends normally, so a finished run is recognisable and resumable."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.check_finite()
+        trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
+
+
+class KNNMonitor(L.Callback):
+    """Online k-NN top-1 of the teacher's CLS features on a small labelled set, every few epochs."""
+
+    def __init__(self, cfg: EvalConfig, bands: list[int] | None, seed: int) -> None:
+        from geossl.data.patches import PatchDataset
+        from geossl.settings import resolve_data_path
+
+        assert cfg.knn_data is not None
+        source = resolve_data_path(cfg.knn_data)
+        self.cfg = cfg
+        self.train_set = PatchDataset(source, split=cfg.knn_train_split, bands=bands, limit=cfg.knn_max_train, seed=seed)
+        self.val_set = PatchDataset(source, split=cfg.knn_val_split, bands=bands, limit=cfg.knn_max_val, seed=seed,
+                                    classes=self.train_set.classes)
+        self.history: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def _features(self, pl_module: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=0)
+        teacher = pl_module.model.teacher.backbone
+        mean, std = pl_module.band_mean, pl_module.band_std.clamp_min(1e-6)
+        feats, labels = [], []
+        for batch in loader:
+            x = (batch["image"].to(pl_module.device).float() - mean) / std
+            feats.append(teacher(x).float())
+            labels.append(batch["label"].to(pl_module.device))
+        return torch.cat(feats), torch.cat(labels)
+
+    def run(self, pl_module: Any) -> float:
+        from geossl.probe.knn import knn_top1
+
+        train_x, train_y = self._features(pl_module, self.train_set)
+        val_x, val_y = self._features(pl_module, self.val_set)
+        return knn_top1(train_x, train_y, val_x, val_y, len(self.train_set.classes), k=self.cfg.knn_k,
+                        temperature=self.cfg.knn_temperature)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % max(1, self.cfg.every_epochs) != 0 and not trainer.should_stop:
+            return
+        accuracy = self.run(pl_module)
+        pl_module.log("eval/knn_top1", accuracy, on_epoch=True, rank_zero_only=True)
+        if trainer.is_global_zero:
+            self.history.append({"epoch": epoch, "step": trainer.global_step, "knn_top1": accuracy})
+            print(metric_line(epoch=epoch, knn_top1=accuracy), flush=True)

@@ -1,0 +1,34 @@
+"""``geossl pretrain --config FILE --run-dir DIR [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from geossl.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--run-dir", required=True, help="folder for checkpoints, logs, curves and the encoder")
+    parser.add_argument("--checkpoint-dir", help="checkpoints here instead of RUN/checkpoints (SageMaker: /opt/ml/checkpoints)")
+    parser.add_argument("--export-dir", help="exported encoder here instead of RUN/encoder (SageMaker: the model dir)")
+    parser.add_argument("--resume", default="auto",
+                        help="auto: continue from the newest complete checkpoint if any (default); "
+                             "never: refuse a run folder that holds a run; or a checkpoint path")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=10 data.batch_size=32")
+
+
+def run(args: argparse.Namespace) -> int:
+    from geossl.dino.train import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    summary = pretrain(cfg, args.run_dir, checkpoint_dir=args.checkpoint_dir, export_dir=args.export_dir,
+                       resume=args.resume)
+    line = (f"pretrain {summary['status']}: {summary['steps']} steps ({summary['epochs']} epochs) in "
+            f"{summary['wall_time_s']} s, final loss {summary['final_loss']}, k-NN top-1 {summary['knn_top1']}, "
+            f"encoder: {summary['encoder_dir']}")
+    print(line, file=sys.stderr, flush=True)
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["status"] == "finished" else 143

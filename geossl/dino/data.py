@@ -1,0 +1,185 @@
+"""Pretraining data: the dataset a config names, its band statistics, and a resumable, rank-sharded order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from geossl.config import Config
+from geossl.data.stats import BandStats
+from geossl.settings import resolve_data_path
+
+
+def resolved_paths(cfg: Config) -> list[str]:
+    paths = [resolve_data_path(p, cfg.data.root) for p in cfg.data.paths]
+    if not paths:
+        raise ValueError("data.paths is empty: name patch folders, CSV files or scenes to pretrain on")
+    return paths
+
+
+def build_pretrain_dataset(cfg: Config) -> Dataset:
+    """Patches (class folders / CSV, labels unused) or random tiles of scenes, as the config says."""
+    paths = resolved_paths(cfg)
+    if cfg.data.kind == "patches":
+        from geossl.data.patches import PatchDataset
+
+        parts = [
+            PatchDataset(p, split=cfg.data.split, bands=cfg.data.bands, limit=cfg.data.limit, seed=cfg.seed)
+            for p in paths
+        ]
+        counts = {part.band_count for part in parts}
+        if len(counts) > 1:
+            raise ValueError(f"data.paths mix band counts {sorted(counts)}: {paths}")
+        dataset: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        size = parts[0][0]["image"].shape[-1]
+        if size != cfg.data.tile_size:
+            raise ValueError(f"{paths[0]}: patches are {size} px but data.tile_size is {cfg.data.tile_size}")
+        return dataset
+    from geossl.data.scenes import RandomTileDataset
+    from geossl.data.uris import expand_inputs
+
+    return RandomTileDataset(
+        expand_inputs(paths),
+        tile_size=cfg.data.tile_size,
+        length=cfg.data.tiles_per_epoch,
+        bands=cfg.data.bands,
+        min_valid_fraction=cfg.data.min_valid_fraction,
+        seed=cfg.seed,
+    )
+
+
+def dataset_band_count(dataset: Dataset) -> int:
+    first = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+    return int(first.band_count)
+
+
+def dataset_dtype(dataset: Dataset) -> str:
+    first = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+    return str(first.dtype)
+
+
+def resolve_stats(cfg: Config, band_count: int) -> BandStats:
+    """Band statistics from ``data.stats`` or computed now from a sample of the training data."""
+    if cfg.data.stats:
+        stats = BandStats.load(resolve_data_path(cfg.data.stats, cfg.data.root))
+    else:
+        from geossl.data.stats import compute_stats
+
+        stats = compute_stats(resolved_paths(cfg), kind=cfg.data.kind, bands=cfg.data.bands,
+                              tile_size=cfg.data.tile_size, seed=cfg.seed)
+    if stats.count != band_count:
+        raise ValueError(
+            f"band statistics have {stats.count} bands ({cfg.data.stats or 'computed'}) but the data has {band_count}"
+        )
+    return stats
+
+
+def value_range(cfg: Config, dtype: str) -> tuple[float, float] | None:
+    """Raw values that map to [0, 1] for photometric augmentation (solarisation needs it)."""
+    if cfg.data.value_range is not None:
+        low, high = cfg.data.value_range
+        return float(low), float(high)
+    return (0.0, 255.0) if dtype == "uint8" else None
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded across ranks, that can start part-way into an epoch.
+
+    Lightning's DistributedSampler restarts an interrupted epoch from its first batch; resuming must
+    instead replay exactly the samples not yet seen, so that an interrupted run equals an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        if n < world_size:
+            raise ValueError(f"{n} training samples cannot be shared by {world_size} processes")
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch = 0
+        self._start_epoch = -1
+        self._start_index = 0
+        self.per_rank = n // world_size  # equal shards (drop the remainder) keep ranks in lockstep
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def start_at(self, epoch: int, index: int) -> None:
+        """Skip the first ``index`` samples of this rank's shard in ``epoch`` (resume mid-epoch)."""
+        self._start_epoch, self._start_index = epoch, index
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return order[self.rank : self.per_rank * self.world_size : self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices(self.epoch)
+        if self.epoch == self._start_epoch:
+            indices = indices[self._start_index :]
+        return iter(indices)
+
+    def __len__(self) -> int:
+        # The full epoch: on a mid-epoch resume Lightning restores the batches already done and
+        # counts them against this length, while iteration yields only the remaining samples.
+        return self.per_rank
+
+
+class _EpochAwareDataset(Dataset):
+    """Forwards the sampler's epoch to datasets that draw per epoch (RandomTileDataset.set_epoch)."""
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler) -> None:
+        self.dataset, self.sampler = dataset, sampler
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.sampler.epoch)
+        return self.dataset[index]
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    steps = (n // world_size) // batch_size
+    if steps < 1:
+        raise ValueError(
+            f"{n} training samples are fewer than one batch ({batch_size} x {world_size} processes): "
+            "lower data.batch_size or add data"
+        )
+    return steps
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Builds the loader once the trainer knows the rank, world size and the restored step."""
+
+    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+        super().__init__()
+        self.cfg, self.dataset = cfg, dataset
+        self.sampler: ResumableSampler | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        assert trainer is not None
+        cfg = self.cfg
+        n = len(self.dataset)  # type: ignore[arg-type]
+        self.sampler = ResumableSampler(n, cfg.seed, trainer.global_rank, trainer.world_size)
+        per_epoch = steps_per_epoch(n, cfg.data.batch_size, trainer.world_size)
+        done = trainer.global_step  # restored from the checkpoint before this hook runs
+        epoch, batch_in_epoch = divmod(done, per_epoch)
+        self.sampler.start_at(epoch, batch_in_epoch * cfg.data.batch_size)
+        self.sampler.set_epoch(epoch)
+        workers = cfg.data.num_workers
+        return DataLoader(
+            _EpochAwareDataset(self.dataset, self.sampler),
+            batch_size=cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
+            persistent_workers=False,  # workers must see the new epoch set on the sampler
+            prefetch_factor=4 if workers > 0 else None,
+        )

@@ -1,0 +1,186 @@
+"""The DINO LightningModule: one training step = GPU multi-crop, teacher and student forward, loss,
+schedules set per step, per-parameter clipping of unscaled gradients, last-layer freeze, EMA teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from geossl.augment import MultiCropAugment
+from geossl.config import config_from_dict
+from geossl.dino.data import steps_per_epoch
+from geossl.dino.loss import DINOLoss
+from geossl.dino.meta_arch import StudentTeacher
+from geossl.dino.schedules import cosine_schedule, linear_warmup_constant
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; continuing would only destroy the weights."""
+
+
+class DINOModule(L.LightningModule):
+    """Self-supervised DINO on raw multi-band tiles.
+
+    Arguments are plain types (saved as hyperparameters, so checkpoints load with ``weights_only=True``):
+    ``config`` is ``Config.to_dict()``, ``stats`` the band statistics JSON, ``dataset_size`` the number
+    of training samples (schedules are per step, so they need steps per epoch).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        in_chans: int,
+        band_names: list[str],
+        stats: dict[str, Any],
+        dataset_size: int,
+        value_range: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg = config_from_dict(config, "checkpoint hyperparameters")
+        self.model = StudentTeacher(cfg, in_chans)
+        self.dino_loss = DINOLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum)
+        self.augment = MultiCropAugment(
+            cfg.augment, stats["mean"], stats["std"], tuple(value_range) if value_range else None
+        )
+        self.register_buffer("band_mean", torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("band_std", torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        # Accumulated on the device so non-finite checks cost no host sync per step.
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.schedules: dict[str, np.ndarray] = {}
+        self.steps_per_epoch = 1
+        self.monitors: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- schedules
+    def build_schedules(self, world_size: int) -> None:
+        cfg = self.cfg
+        per_epoch = steps_per_epoch(self.hparams.dataset_size, cfg.data.batch_size, world_size)
+        total = cfg.optim.epochs * per_epoch
+        global_batch = cfg.data.batch_size * world_size
+        peak_lr = cfg.optim.base_lr * global_batch / 256.0  # linear scaling rule
+        self.steps_per_epoch = per_epoch
+        self.schedules = {
+            "lr": cosine_schedule(peak_lr, cfg.optim.min_lr, total, int(cfg.optim.warmup_epochs * per_epoch)),
+            "wd": cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total),
+            "momentum": cosine_schedule(cfg.optim.momentum_teacher, 1.0, total),
+            "teacher_temp": linear_warmup_constant(
+                cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, total,
+                int(cfg.loss.warmup_teacher_temp_epochs * per_epoch),
+            ),
+        }
+
+    def schedule_value(self, name: str, step: int) -> float:
+        values = self.schedules[name]
+        return float(values[min(step, len(values) - 1)])
+
+    def setup(self, stage: str) -> None:
+        self.build_schedules(self.trainer.world_size if self._trainer is not None else 1)
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        regularized, not_regularized = [], []
+        for name, param in self.model.student.named_parameters():
+            if not param.requires_grad:
+                continue
+            # As the original: no weight decay on biases and 1-D parameters (norms).
+            (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
+        groups = [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=fused or None)
+
+    def _apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        lr, wd = self.schedule_value("lr", step), self.schedule_value("wd", step)
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = lr
+            if i == 0:
+                group["weight_decay"] = wd
+
+    def _seeds(self, step: int) -> tuple[int, torch.Generator]:
+        """Deterministic randomness per (seed, step, rank): a resumed run replays the same crops and drop-path."""
+        seed = (self.cfg.seed * 1_000_003 + step * 7919 + self.global_rank * 104_729) % (2**63 - 1)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed)
+        return seed, generator
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        optimizer = self.optimizers()
+        self._apply_schedules(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, step)
+        seed, generator = self._seeds(step)
+        torch.manual_seed(seed)  # drop-path draws from the global RNG
+
+        images = batch["image"]
+        if "mask" in batch:  # nodata pixels become the band mean, i.e. 0 after normalisation
+            images = torch.where(batch["mask"].unsqueeze(1), images.float(), self.band_mean)
+        crops = self.augment(images, generator=generator)
+        n_global = 2
+        with torch.no_grad():
+            teacher_out, teacher_embeddings = self.model.teacher(crops[:n_global])
+        student_out, _ = self.model.student(crops)
+        teacher_temp = self.schedule_value("teacher_temp", step)
+        loss = self.dino_loss(student_out, teacher_out, teacher_temp)
+        self.nonfinite_steps += (~torch.isfinite(loss.detach())).long()
+
+        if (step + 1) % self.cfg.trainer.log_every_steps == 0 or step == 0:  # read by MetricPrinter after this step
+            self._log_monitors(loss, teacher_out, teacher_embeddings, teacher_temp, step)
+        return loss
+
+    @torch.no_grad()
+    def _log_monitors(
+        self, loss: torch.Tensor, teacher_out: list[torch.Tensor], embeddings: torch.Tensor,
+        teacher_temp: float, step: int,
+    ) -> None:
+        """Collapse monitors (std of normalised teacher embeddings; teacher entropy) every few steps only."""
+        normalized = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+        probs = torch.softmax((torch.cat(teacher_out).float() - self.dino_loss.center) / teacher_temp, dim=-1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean()
+        self.monitors = {
+            "loss": loss.detach(),
+            "teacher_std": normalized.std(dim=0).mean(),
+            "teacher_entropy": entropy,
+        }
+        values = {f"train/{k}": v for k, v in self.monitors.items()}
+        values.update({
+            "train/lr": self.schedule_value("lr", step),
+            "train/wd": self.schedule_value("wd", step),
+            "train/momentum": self.schedule_value("momentum", step),
+            "train/teacher_temp": teacher_temp,
+            "train/epoch_float": step / self.steps_per_epoch,
+        })
+        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        """Called by Lightning on UNSCALED gradients right before the optimizer step.
+
+        Clip each parameter's gradient norm separately (as the original DINO), then drop the student
+        head's last-layer gradients while it is frozen (the first ``head.freeze_last_layer_epochs``).
+        """
+        clip = self.cfg.optim.clip_grad
+        grads = [p.grad for p in self.model.student.parameters() if p.grad is not None]
+        if clip > 0 and grads:
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
+            torch._foreach_mul_(grads, scales)
+        if self.global_step < self.cfg.head.freeze_last_layer_epochs * self.steps_per_epoch:
+            self.model.cancel_last_layer_gradients()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """The student step, then at once the teacher EMA: before any callback (checkpointing) runs,
+        so a checkpoint always holds a teacher that matches its step count."""
+        step = self.global_step  # not yet incremented for this step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.model.update_teacher(self.schedule_value("momentum", step))
+
+    def check_finite(self) -> None:
+        """Raise if any step so far produced a non-finite loss (called every few steps and before saving)."""
+        if int(self.nonfinite_steps) > 0:
+            raise NonFiniteLossError(
+                f"non-finite DINO loss at or before step {self.global_step}: lower optim.base_lr, check the "
+                "band statistics (data.stats) and the input for NaN/inf pixels; the last good checkpoint is kept"
+            )

@@ -1,0 +1,222 @@
+"""``pretrain(cfg, run_dir)``: build data, module and Lightning Trainer; resume; export the encoder.
+
+Run folder layout::
+
+    RUN/config.yaml  stats.json  summary.json  curves.png
+    RUN/checkpoints/last.ckpt, step-*.ckpt      (atomic; newest complete one is the resume point)
+    RUN/logs/tensorboard/..., RUN/logs/csv/...
+    RUN/encoder/model.safetensors + geossl.json (the teacher backbone, exported at the end)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from geossl.config import Config
+from geossl.dino.callbacks import FinalCheckpoint, KNNMonitor, MetricPrinter, SigtermCheckpoint
+from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
+from geossl.dino.data import (
+    PretrainDataModule,
+    build_pretrain_dataset,
+    dataset_band_count,
+    dataset_dtype,
+    resolve_stats,
+    value_range,
+)
+from geossl.dino.module import DINOModule
+from geossl.io import atomic_write_json, atomic_write_text, read_json
+from geossl.models.encoder import EncoderMeta, export_encoder
+
+log = logging.getLogger("geossl")
+
+
+def _accelerator(cfg: Config) -> str:
+    has_gpu = torch.cuda.is_available()
+    if cfg.trainer.require_gpu and not has_gpu:
+        raise RuntimeError("this config demands a GPU (trainer.require_gpu: true) but torch sees none")
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not has_gpu:
+        raise RuntimeError("trainer.accelerator is 'gpu' but torch sees no GPU (set trainer.accelerator=cpu)")
+    return cfg.trainer.accelerator
+
+
+def _precision(cfg: Config, accelerator: str) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def check_resume_compatible(ckpt: Path, module_args: dict[str, Any]) -> None:
+    """A checkpoint of another architecture or band count is refused with the difference named."""
+    hparams = load_checkpoint_file(ckpt).get("hyper_parameters", {})
+    old_cfg, new_cfg = hparams.get("config", {}), module_args["config"]
+    for section in ("model", "head"):
+        if old_cfg.get(section) != new_cfg[section]:
+            raise ValueError(f"{ckpt}: checkpoint was trained with {section}={old_cfg.get(section)}, "
+                             f"the config asks for {section}={new_cfg[section]}; use a new --run-dir")
+    if hparams.get("in_chans") != module_args["in_chans"]:
+        raise ValueError(f"{ckpt}: checkpoint has {hparams.get('in_chans')} input bands, the data has "
+                         f"{module_args['in_chans']}")
+
+
+def _resume_point(run_dir: Path, checkpoint_dir: Path, resume: str) -> Path | None:
+    summary_path = run_dir / "summary.json"
+    finished = summary_path.exists() and read_json(summary_path).get("status") == "finished"
+    if resume == "never":
+        if finished or find_resume_checkpoint(checkpoint_dir):
+            raise FileExistsError(f"{run_dir}: already holds a run (checkpoints or summary.json); "
+                                  "use --resume auto to continue it or choose a new --run-dir")
+        return None
+    if resume == "auto":
+        ckpt = find_resume_checkpoint(checkpoint_dir)
+        if finished:
+            raise FileExistsError(f"{run_dir}: already holds a finished run (summary.json); "
+                                  "choose a new --run-dir (nothing was overwritten)")
+        return ckpt
+    ckpt = Path(resume)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint to resume from not found")
+    return ckpt
+
+
+def pretrain(
+    cfg: Config,
+    run_dir: str | os.PathLike[str],
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    export_dir: str | os.PathLike[str] | None = None,
+    resume: str = "auto",
+    callbacks: list[L.Callback] | None = None,
+) -> dict[str, Any]:
+    """Pretrain a ViT with DINO as ``cfg`` says; returns a summary (``status`` finished | interrupted).
+
+    ``callbacks`` are added to the Trainer's (e.g. your own logging); the run folder is refused or
+    resumed, never silently overwritten (``resume``: auto | never | a checkpoint path).
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else run_dir / "checkpoints"
+    export_dir = Path(export_dir) if export_dir else run_dir / "encoder"
+    accelerator = _accelerator(cfg)
+    ckpt = _resume_point(run_dir, checkpoint_dir, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dataset = build_pretrain_dataset(cfg)
+    in_chans = dataset_band_count(dataset)
+    if cfg.data.bands and len(cfg.data.bands) != in_chans:
+        raise ValueError(f"data.bands selects {len(cfg.data.bands)} bands but the data yields {in_chans}")
+    dtype = dataset_dtype(dataset)
+    stats = resolve_stats(cfg, in_chans)
+    vrange = value_range(cfg, dtype)
+    module_args = {
+        "config": cfg.to_dict(), "in_chans": in_chans, "band_names": list(stats.bands),
+        "stats": stats.to_json(), "dataset_size": len(dataset), "value_range": list(vrange) if vrange else None,
+    }
+    if ckpt is not None:
+        check_resume_compatible(ckpt, module_args)
+    module = DINOModule(**module_args)
+    datamodule = PretrainDataModule(cfg, dataset)
+
+    printer = MetricPrinter(cfg.trainer.log_every_steps)
+    extra_callbacks = list(callbacks or [])
+    callbacks = [
+        printer,
+        SigtermCheckpoint(checkpoint_dir),
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="step-{step:08d}", every_n_train_steps=cfg.trainer.checkpoint_every_steps,
+                        save_top_k=-1, save_last=False, auto_insert_metric_name=False),
+        FinalCheckpoint(checkpoint_dir),
+    ]
+    knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed) if cfg.eval.knn_data else None
+    if knn:
+        callbacks.append(knn)
+    callbacks.extend(extra_callbacks)
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_steps))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=_precision(cfg, accelerator),
+        max_epochs=cfg.optim.epochs,
+        max_steps=cfg.trainer.max_steps or -1,
+        max_time={"minutes": cfg.trainer.max_minutes} if cfg.trainer.max_minutes else None,
+        callbacks=callbacks,
+        logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""),
+                CSVLogger(run_dir / "logs", name="csv", version="")],
+        log_every_n_steps=cfg.trainer.log_every_steps,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ResumableSampler shards by rank and resumes mid-epoch
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        num_sanity_val_steps=0,
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        stats.save(run_dir / "stats.json")
+    if cfg.trainer.compile:
+        module.model.student.backbone = torch.compile(module.model.student.backbone, dynamic=False)
+
+    status = "finished"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+        except SIGTERMException:
+            status = "interrupted"
+    sigterm = next(c for c in callbacks if isinstance(c, SigtermCheckpoint))
+    if sigterm.saved_at is not None:
+        status = "interrupted"
+
+    summary: dict[str, Any] = {
+        "status": status,
+        "steps": int(trainer.global_step),
+        "epochs": round(trainer.global_step / module.steps_per_epoch, 3),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "dataset": f"{len(dataset)} samples, {in_chans} bands ({dtype})",
+        "checkpoint_dir": str(checkpoint_dir),
+        "encoder_dir": None,
+        "final_loss": printer.history[-1]["loss"] if printer.history else None,
+        "knn_top1": knn.history[-1]["knn_top1"] if knn and knn.history else None,
+    }
+    if trainer.is_global_zero:
+        if status == "finished":
+            export_encoder(module.model.teacher.backbone, encoder_meta(cfg, module, stats), export_dir)
+            summary["encoder_dir"] = str(export_dir)
+        from geossl.dino.plots import plot_curves
+
+        plot_curves(printer.history, knn.history if knn else [], run_dir / "curves.png")
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def encoder_meta(cfg: Config, module: DINOModule, stats: Any) -> EncoderMeta:
+    """Describe the exported teacher backbone: how to rebuild it and what inputs it expects."""
+    backbone = module.model.teacher.backbone
+    patch = backbone.patch_embed.patch_size
+    return EncoderMeta(
+        timm_name=cfg.model.arch,
+        timm_kwargs=dict(module.model.backbone_kwargs),
+        bands=list(stats.bands),
+        mean=list(stats.mean), std=list(stats.std), p2=list(stats.p2), p98=list(stats.p98),
+        patch_size=int(patch[0] if isinstance(patch, tuple | list) else patch),
+        img_size=cfg.augment.global_size,
+        embed_dim=module.model.embed_dim,
+        gsd=cfg.data.gsd,
+        extra={"steps": module.global_step, "config": cfg.to_dict()},
+    )

@@ -1,0 +1,172 @@
+"""The land-cover model: an exported encoder plus a linear head on its frozen features.
+
+A model folder holds the encoder's own files (``model.safetensors``, ``geossl.json``, copied unchanged
+so the folder is also a valid encoder) plus ``head.safetensors`` and ``head.json``. The head carries
+the train-set feature mean/std as buffers, so a model is self-contained: raw pixels in, logits out.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from geossl.io import atomic_path, atomic_write_json, read_json
+from geossl.models.encoder import FEATURE_RECIPES, META_FILE, WEIGHTS_FILE, Encoder, EncoderMeta, load_encoder
+
+HEAD_FORMAT = "geossl-landcover-head"
+HEAD_VERSION = 1
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_META = "head.json"
+
+
+class LinearHead(nn.Module):
+    """Standardise features with train-set statistics, then one Linear layer.
+
+    Standardising inside the module (not in the data pipeline) means the saved head applies exactly
+    the transform it was trained with, and one learning-rate sweep suits any encoder's feature scale.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("std", torch.ones(in_features))
+        self.linear = nn.Linear(in_features, num_classes)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    def set_standardization(self, features: torch.Tensor) -> None:
+        """Take mean/std from the train features (std floored so constant features do not blow up)."""
+        self.mean.copy_(features.float().mean(dim=0))
+        self.std.copy_(features.float().std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features.float() - self.mean) / self.std)
+
+
+class LandCoverModel(nn.Module):
+    """Raw pixel values (B, C, H, W) -> land-cover logits (B, K), with the encoder frozen in eval mode."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module, classes: list[str], feature_recipe: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.classes = list(classes)
+        self.feature_recipe = feature_recipe
+
+    @property
+    def meta(self) -> EncoderMeta:
+        return self.encoder.meta
+
+    def forward(self, x_raw: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.features(x_raw, self.feature_recipe))
+
+    def predict_proba(self, x_raw: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(x_raw), dim=-1)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.resolve() == src.resolve():
+        return
+    with atomic_path(dst, suffix=dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def save_landcover_model(
+    encoder_dir: Path,
+    head: nn.Module,
+    classes: list[str],
+    feature_recipe: str,
+    out_dir: Path,
+    probe_info: dict[str, Any],
+) -> Path:
+    """Write a model folder: encoder files copied in, then ``head.safetensors``, ``head.json`` last.
+
+    ``head.json`` is written last (atomically) so a folder with a head.json is always complete.
+    """
+    encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
+    if str(encoder_dir).startswith("random:"):
+        raise ValueError(f"{encoder_dir}: export the random-init encoder first; a model needs its weights on disk")
+    for name in (WEIGHTS_FILE, META_FILE):
+        if not (encoder_dir / name).exists():
+            raise FileNotFoundError(f"{encoder_dir / name}: encoder file missing, cannot build a land-cover model")
+    if feature_recipe not in FEATURE_RECIPES:
+        raise ValueError(f"unknown feature recipe {feature_recipe!r} (choose from {FEATURE_RECIPES})")
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    weight = state.get("linear.weight")
+    if weight is None or weight.ndim != 2:
+        raise ValueError("head: expected a LinearHead (state dict with 'linear.weight')")
+    if weight.shape[0] != len(classes):
+        raise ValueError(f"head: {weight.shape[0]} outputs for {len(classes)} classes {classes}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, META_FILE):
+        _copy_atomic(encoder_dir / name, out_dir / name)
+    with atomic_path(out_dir / HEAD_WEIGHTS, suffix=".safetensors") as tmp:
+        safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(
+        out_dir / HEAD_META,
+        {
+            "format": HEAD_FORMAT,
+            "version": HEAD_VERSION,
+            "classes": list(classes),
+            "feature_recipe": feature_recipe,
+            "in_features": int(weight.shape[1]),
+            "probe": probe_info,
+        },
+    )
+    return out_dir
+
+
+def load_landcover_model(path: Path, device: str | torch.device = "cpu") -> LandCoverModel:
+    """Load a model folder written by ``geossl probe``; errors name the folder/file and what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: land-cover model folder not found")
+    head_json, head_weights = path / HEAD_META, path / HEAD_WEIGHTS
+    if not head_json.exists() or not head_weights.exists():
+        missing = HEAD_META if not head_json.exists() else HEAD_WEIGHTS
+        raise FileNotFoundError(f"model folder {path} has no head ({missing} missing): run geossl probe")
+    info = read_json(head_json)
+    if not isinstance(info, dict) or info.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{head_json}: not a land-cover head description (format={info.get('format')!r})")
+    if int(info.get("version", 0)) > HEAD_VERSION:
+        raise ValueError(f"{head_json}: version {info['version']} is newer than this geossl reads ({HEAD_VERSION})")
+    for key in ("classes", "feature_recipe", "in_features"):
+        if key not in info:
+            raise ValueError(f"{head_json}: missing key {key!r}")
+    classes, recipe = list(info["classes"]), str(info["feature_recipe"])
+    encoder = load_encoder(path, device=device)  # names geossl.json / model.safetensors on errors
+    try:
+        expected = encoder.feature_dim(recipe)
+    except KeyError:
+        raise ValueError(f"{head_json}: unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})") from None
+    if int(info["in_features"]) != expected:
+        raise ValueError(
+            f"{head_json}: head takes {info['in_features']} features but the encoder gives {expected} "
+            f"for recipe {recipe!r}"
+        )
+    try:
+        state = safetensors.torch.load_file(str(head_weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{head_weights}: unreadable safetensors file ({exc})") from None
+    head = LinearHead(expected, len(classes))
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != shapes:
+        raise ValueError(
+            f"{head_weights}: tensor shapes {got} do not match {len(classes)} classes x {expected} features {shapes}"
+        )
+    head.load_state_dict(state, strict=True)
+    model = LandCoverModel(encoder, head, classes, recipe).to(device)
+    model.eval()
+    return model

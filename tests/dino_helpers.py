@@ -1,0 +1,38 @@
+"""Tiny DINO configs and synthetic patch folders shared by the DINO tests (kept small for 2 CPU cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from geossl.config import Config, load_config
+
+TINY = [
+    "model.arch=vit_tiny_patch16_224", "model.patch_size=8", "model.extra={depth: 2, embed_dim: 48, num_heads: 3}",
+    "model.drop_path_rate=0.1", "augment.global_size=32", "augment.local_size=16", "augment.n_local=2",
+    "head.out_dim=64", "head.hidden_dim=32", "head.bottleneck_dim=16", "data.tile_size=32",
+    "data.batch_size=8", "data.num_workers=0", "data.split=null", "optim.epochs=2", "optim.warmup_epochs=1",
+    "trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.log_every_steps=2",
+    "trainer.checkpoint_every_steps=1000",
+]
+
+
+def tiny_config(data_dir: Path, stats_path: Path, extra: list[str] | None = None) -> Config:
+    return load_config(None, TINY + [f"data.paths=[{data_dir}]", f"data.stats={stats_path}"] + (extra or []))
+
+
+def make_patch_folder(root: Path, n_per_class: int = 16, size: int = 32, seed: int = 0) -> tuple[Path, Path]:
+    """Two classes of random RGB PNG patches (class-folder layout) plus a stats JSON."""
+    rng = np.random.default_rng(seed)
+    for cls, base in (("bright", 170), ("dark", 60)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{cls}_{i}.png")
+    stats = root.parent / f"{root.name}_stats.json"
+    stats.write_text(json.dumps({"bands": ["r", "g", "b"], "mean": [115.0] * 3, "std": [70.0] * 3,
+                                 "p2": [0.0] * 3, "p98": [255.0] * 3, "dtype": "uint8"}))
+    return root, stats

@@ -1,0 +1,37 @@
+import pytest
+
+from geossl.config import ConfigError, load_config
+
+
+def test_defaults_are_the_paper_values():
+    cfg = load_config()
+    assert cfg.loss.student_temp == 0.1 and cfg.loss.teacher_temp == 0.07
+    assert cfg.optim.momentum_teacher == 0.996 and cfg.optim.clip_grad == 3.0
+    assert (cfg.optim.weight_decay, cfg.optim.weight_decay_end) == (0.04, 0.4)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'optim.epoch'"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"key 'data.batch_size': expected int"):
+        load_config(path)
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["optim.epochs=3", "data.bands=[1,2,3]", "optim.base_lr=1e-4", "trainer.max_steps=null"])
+    assert cfg.optim.epochs == 3 and cfg.data.bands == [1, 2, 3]
+    assert cfg.optim.base_lr == pytest.approx(1e-4) and cfg.trainer.max_steps is None
+    with pytest.raises(ConfigError, match="override 'optim.nope=1'"):
+        load_config(None, ["optim.nope=1"])
+
+
+def test_unstable_teacher_temperature_refused():
+    with pytest.raises(ConfigError, match="loss.teacher_temp"):
+        load_config(None, ["loss.teacher_temp=0.1"])
