@@ -107,15 +107,21 @@ class Encoder(nn.Module):
         if recipe == "cls":
             return self.forward(x)
         if recipe == "cls_last4":
-            return torch.cat([cls for _, cls in self.tokens(x, 4)], dim=-1)
+            return torch.cat([cls for _, cls in self.tokens(x, self._last_n())], dim=-1)
         if recipe == "cls_avgpool":
             ((patches, cls),) = self.tokens(x, 1)
             return torch.cat([cls, patches.mean(dim=1)], dim=-1)
         raise ValueError(f"unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})")
 
+    def _last_n(self) -> int:
+        """The last 4 blocks (DINO's ViT-S protocol), or all of them in a shallower ViT."""
+        return min(4, len(self.backbone.blocks))
+
     def feature_dim(self, recipe: str | None = None) -> int:
         recipe = recipe or self.meta.feature_recipe
-        return self.meta.embed_dim * {"cls": 1, "cls_last4": 4, "cls_avgpool": 2}[recipe]
+        if recipe not in FEATURE_RECIPES:
+            raise ValueError(f"unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})")
+        return self.meta.embed_dim * {"cls": 1, "cls_last4": self._last_n(), "cls_avgpool": 2}[recipe]
 
 
 def export_encoder(backbone: nn.Module, meta: EncoderMeta, out_dir: str | Path) -> Path:

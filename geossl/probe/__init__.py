@@ -1,0 +1,1 @@
+"""Land-cover probes on frozen encoder features: weighted k-NN and a linear head (DINO protocol)."""

@@ -1,0 +1,250 @@
+"""``geossl probe`` end to end: split table -> cached features -> linear + k-NN heads -> reports + model.
+
+Everything the command writes lands in ``out``: ``metrics.json``, ``confusion.csv``/``.png`` (test split,
+linear head), ``splits.csv`` (the split used, for exact reruns), ``model/`` (a land-cover model for
+``geossl classify``) and, with label budgets, ``label_efficiency.json``/``.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geossl.io import atomic_write_json
+from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder, read_meta
+from geossl.models.landcover import save_landcover_model
+from geossl.probe.features import SplitTable, cached_features, check_recipe, load_split_table
+from geossl.probe.knn import knn_predict
+from geossl.probe.linear import DEFAULT_WEIGHT_DECAYS, balanced_indices, fit_linear_probe, top1
+from geossl.probe.metrics import confusion_matrix, per_class_report, write_confusion_csv
+from geossl.probe.plots import plot_confusion, plot_label_efficiency
+
+RANDOM_PREFIX = "random:"
+
+
+@dataclass
+class ProbeOptions:
+    """Everything one probe run depends on (the CLI maps its flags onto this one-to-one)."""
+
+    encoder: str  # an encoder folder, or "random:<folder>" for the same architecture untrained
+    data: Path
+    out: Path
+    splits: Path | None = None
+    features: str | None = None  # feature recipe; None = the encoder's default (cls_last4)
+    cache_dir: Path | None = None  # None = out/cache
+    labels_per_class: list[int | None] | None = None  # None entries mean "all"
+    seeds: int = 3
+    seed: int = 0
+    k: int = 20
+    temperature: float = 0.07
+    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
+    max_iter: int = 100
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "cpu"
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA GPU is available on this machine")
+    return name
+
+
+def resolve_encoder(spec: str, cache_dir: Path, seed: int) -> tuple[Encoder, Path, str]:
+    """(encoder, folder holding its weights, "pretrained" | "random-init").
+
+    A ``random:<dir>`` encoder is initialised under a fixed seed and exported into the cache, so its
+    features are cacheable like any other and the saved land-cover model carries the exact weights.
+    """
+    src = Path(spec[len(RANDOM_PREFIX) :] if spec.startswith(RANDOM_PREFIX) else spec)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: encoder folder not found (expected model.safetensors + geossl.json)")
+    if not spec.startswith(RANDOM_PREFIX):
+        return load_encoder(spec), Path(spec), "pretrained"
+    meta = read_meta(src)  # names the missing geossl.json
+    tag = hashlib.sha256((src / META_FILE).read_bytes()).hexdigest()[:12]
+    out_dir = cache_dir / f"random-init-{tag}-seed{seed}"
+    if not (out_dir / META_FILE).is_file():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = load_encoder(spec)
+        meta.extra = {**meta.extra, "random_init": {"seed": seed, "architecture_from": str(src)}}
+        export_encoder(encoder.backbone, meta, out_dir)
+    return load_encoder(out_dir), out_dir, "random-init"
+
+
+def cls_part(features: torch.Tensor, recipe: str, embed_dim: int) -> torch.Tensor:
+    """The final CLS embedding inside a recipe's features: what the DINO k-NN protocol votes with."""
+    if recipe == "cls":
+        return features
+    if recipe == "cls_last4":
+        return features[:, -embed_dim:]  # blocks in order, the last block's CLS last
+    return features[:, :embed_dim]  # cls_avgpool = [CLS, mean patch token]
+
+
+@dataclass
+class Features:
+    name: str  # "pretrained" / "random-init"
+    encoder_dir: Path
+    all: torch.Tensor  # (N, D) in table order
+    knn: torch.Tensor  # (N, embed_dim) CLS part
+    cache: dict[str, Any]
+
+
+def _features(encoder: Encoder, enc_dir: Path, name: str, table: SplitTable, recipe: str,
+              opts: ProbeOptions, cache_dir: Path) -> Features:
+    check_recipe(encoder, recipe)
+    feats, cache = cached_features(encoder, enc_dir, table, recipe, cache_dir, opts.batch_size, opts.workers,
+                                   opts.device, desc=f"{name} features")
+    return Features(name, enc_dir, feats, cls_part(feats, recipe, encoder.meta.embed_dim), cache)
+
+
+def _fit_eval(f: Features, table: SplitTable, train_idx: np.ndarray, opts: ProbeOptions) -> dict[str, Any]:
+    """Linear sweep (chosen on val) and k-NN, both trained on ``train_idx`` and scored on test."""
+    dev = opts.device
+    k_cls = len(table.classes)
+    y = torch.from_numpy(table.labels)
+    val_idx, test_idx = table.indices("val"), table.indices("test")
+    t0 = time.perf_counter()
+    head, info = fit_linear_probe(f.all[train_idx].to(dev), y[train_idx], f.all[val_idx].to(dev), y[val_idx],
+                                  k_cls, opts.weight_decays, opts.max_iter)
+    with torch.no_grad():
+        test_logits = head(f.all[test_idx])
+    t1 = time.perf_counter()
+    knn_scores = knn_predict(f.knn[train_idx].to(dev), y[train_idx], f.knn[test_idx].to(dev), k_cls,
+                             k=opts.k, temperature=opts.temperature).cpu()
+    return {"head": head, "linear": info, "test_logits": test_logits, "knn_scores": knn_scores,
+            "linear_top1": top1(test_logits, y[test_idx]), "knn_top1": top1(knn_scores, y[test_idx]),
+            "linear_seconds": t1 - t0, "knn_seconds": time.perf_counter() - t1}
+
+
+def label_efficiency(feats: list[Features], table: SplitTable, opts: ProbeOptions) -> dict[str, Any]:
+    """Test top-1 of heads trained on n labelled examples per class (several seeds), per encoder."""
+    train_idx = table.indices("train")
+    train_counts = np.bincount(table.labels[train_idx], minlength=len(table.classes))
+    budgets: list[int | None] = []
+    skipped: dict[str, str] = {}
+    for n in opts.labels_per_class or []:
+        if n is not None and n > train_counts.min():
+            short = table.classes[int(train_counts.argmin())]
+            skipped[str(n)] = f"class {short!r} has only {int(train_counts.min())} train examples"
+            print(f"geossl probe: skipping --labels-per-class {n}: {skipped[str(n)]}", file=sys.stderr)
+        elif n not in budgets:
+            budgets.append(n)
+    if not budgets:
+        raise ValueError(f"--labels-per-class: no usable budget ({skipped})")
+    curves: dict[str, Any] = {}
+    for f in feats:
+        curve: dict[str, Any] = {"linear": {"runs": []}, "knn": {"runs": []}, "weight_decay": []}
+        for n in budgets:
+            seeds = [opts.seed] if n is None else [opts.seed + s for s in range(opts.seeds)]
+            lin, knn, wds = [], [], []
+            for s in seeds:
+                idx = train_idx[balanced_indices(table.labels[train_idx], n, s)]
+                r = _fit_eval(f, table, idx, opts)
+                lin.append(r["linear_top1"])
+                knn.append(r["knn_top1"])
+                wds.append(r["linear"]["chosen"]["weight_decay"])
+            curve["linear"]["runs"].append(lin)
+            curve["knn"]["runs"].append(knn)
+            curve["weight_decay"].append(wds)
+        for probe in ("linear", "knn"):
+            curve[probe]["mean"] = [float(np.mean(r)) for r in curve[probe]["runs"]]
+            curve[probe]["std"] = [float(np.std(r)) for r in curve[probe]["runs"]]
+        curves[f.name] = curve
+    return {"budgets": ["all" if n is None else n for n in budgets], "seeds": opts.seeds,
+            "all_per_class": float(train_counts.mean()), "num_classes": len(table.classes),
+            "test_count": int(table.indices("test").size), "skipped": skipped, "curves": curves}
+
+
+def run_probe(opts: ProbeOptions) -> dict[str, Any]:
+    """Run the whole probe and write its outputs; returns the metrics written to ``metrics.json``."""
+    t_start = time.perf_counter()
+    opts.device = resolve_device(opts.device)
+    out = Path(opts.out)
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
+    table = load_split_table(opts.data, opts.splits, seed=opts.seed)
+    encoder, enc_dir, kind = resolve_encoder(opts.encoder, cache_dir, opts.seed)
+    recipe = opts.features or encoder.meta.feature_recipe
+    out.mkdir(parents=True, exist_ok=True)
+    table.write_csv(out / "splits.csv")
+
+    main = _features(encoder, enc_dir, kind, table, recipe, opts, cache_dir)
+    res = _fit_eval(main, table, table.indices("train"), opts)
+    y_test = table.labels[table.indices("test")]
+    cm = confusion_matrix(y_test, res["test_logits"].argmax(1).numpy(), len(table.classes))
+    report = per_class_report(cm, table.classes)
+    write_confusion_csv(out / "confusion.csv", cm, table.classes)
+    plot_confusion(out / "confusion.png", cm, table.classes,
+                   f"{kind} linear probe, test top-1 {res['linear_top1']:.1%} (n={len(y_test)})")
+    knn_cm = confusion_matrix(y_test, res["knn_scores"].argmax(1).numpy(), len(table.classes))
+
+    wd = res["linear"]["chosen"]["weight_decay"]
+    summary = {"linear_top1": res["linear_top1"], "knn_top1": res["knn_top1"], "macro_f1": report["macro_f1"],
+               "weight_decay": wd, "encoder": opts.encoder, "encoder_kind": kind, "data": table.source}
+    model_dir = save_landcover_model(enc_dir, res["head"], table.classes, recipe, out / "model", summary)
+
+    efficiency, t_eff = None, time.perf_counter()
+    if opts.labels_per_class:
+        feats = [main]
+        if kind == "pretrained":
+            rnd, rnd_dir, _ = resolve_encoder(RANDOM_PREFIX + str(enc_dir), cache_dir, opts.seed)
+            feats.append(_features(rnd, rnd_dir, "random-init", table, recipe, opts, cache_dir))
+        efficiency = label_efficiency(feats, table, opts)
+        atomic_write_json(out / "label_efficiency.json", efficiency)
+        plot_label_efficiency(out / "label_efficiency.png", efficiency,
+                              f"Label efficiency, {Path(str(table.source)).name} ({recipe} features)")
+
+    metrics: dict[str, Any] = {
+        "linear_top1": res["linear_top1"],
+        "knn_top1": res["knn_top1"],
+        "linear_val_top1": res["linear"]["val_top1"],
+        "macro_f1": report["macro_f1"],
+        "split": "test",
+        "encoder": opts.encoder,
+        "encoder_kind": kind,
+        "encoder_dir": str(enc_dir),
+        "data": str(opts.data),
+        "splits_source": table.source,
+        "feature_recipe": recipe,
+        "feature_dim": int(main.all.shape[1]),
+        "classes": table.classes,
+        "counts": table.counts(),
+        "linear": {**res["linear"], "per_class": report["per_class"], "macro_precision": report["macro_precision"],
+                   "macro_recall": report["macro_recall"]},
+        "knn": {"k": opts.k, "k_used": min(opts.k, int(table.indices("train").size)),
+                "temperature": opts.temperature, "features": "cls (final block, L2-normalised, cosine)",
+                "per_class": per_class_report(knn_cm, table.classes)["per_class"]},
+        "model_dir": str(model_dir),
+        "cache": main.cache,
+        "device": opts.device,
+        "wall_seconds": {"features": round(main.cache["seconds"], 3), "linear": round(res["linear_seconds"], 3),
+                         "knn": round(res["knn_seconds"], 3),
+                         "label_efficiency": round(time.perf_counter() - t_eff, 3) if efficiency else 0.0,
+                         "total": round(time.perf_counter() - t_start, 3)},
+    }
+    if efficiency is not None:
+        metrics["label_efficiency"] = {
+            name: dict(zip(map(str, efficiency["budgets"]), c["linear"]["mean"], strict=True))
+            for name, c in efficiency["curves"].items()
+        }
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    n = metrics["counts"]["test"]["total"]
+    return (
+        f"probe ({metrics['encoder_kind']}, {metrics['feature_recipe']}): linear top-1 {metrics['linear_top1']:.1%} "
+        f"(wd {metrics['linear']['chosen']['weight_decay']:g}), k-NN top-1 {metrics['knn_top1']:.1%} on {n} test "
+        f"patches in {metrics['wall_seconds']['total']:.0f} s; model -> {metrics['model_dir']}"
+    )

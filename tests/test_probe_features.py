@@ -1,0 +1,154 @@
+"""Split tables, input checks and the feature cache (reused when unchanged, rebuilt when the encoder changes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_landcover import make_encoder
+
+import geossl.probe.features as features_mod
+from geossl.models.encoder import load_encoder
+from geossl.probe.features import cached_features, load_split_table
+from geossl.probe.run import ProbeOptions, cls_part, run_probe
+
+COLOURS = {"Forest": (30, 110, 40), "SeaLake": (20, 40, 120), "Industrial": (150, 150, 150)}
+
+
+def make_patches(root: Path, n_per_class: int = 10, size: int = 16, seed: int = 0) -> Path:
+    """Class folders of small PNGs whose colour (plus noise) identifies the class."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.write_text("path,label,split\n" + "".join(f"{p},{lab},{s}\n" for p, lab, s in rows))
+    return path
+
+
+def test_stratified_table_and_splits_csv(tmp_path: Path) -> None:
+    data = make_patches(tmp_path / "data")
+    table = load_split_table(data, seed=0)
+    counts = table.counts()
+    assert table.classes == sorted(COLOURS) and len(table.paths) == 30
+    assert [counts[s]["Forest"] for s in ("train", "val", "test")] == [7, 1, 2]
+    # Seeded: same seed same split, other seed another split.
+    assert np.array_equal(table.splits, load_split_table(data, seed=0).splits)
+    assert not np.array_equal(table.splits, load_split_table(data, seed=1).splits)
+    # An explicit splits CSV elsewhere, paths relative to --data; rows without a split are left out.
+    rows = [(f"{c}/{c}_{i}.png", c, ["train", "train", "val", "test", ""][i % 5]) for c in COLOURS for i in range(10)]
+    table = load_split_table(data, write_csv(tmp_path / "s.csv", rows))
+    assert len(table.paths) == 24 and table.counts()["train"]["total"] == 12
+    assert all(p.is_absolute() and p.is_file() for p in table.paths)
+    # A splits.csv inside the folder is picked up without --splits.
+    write_csv(data / "splits.csv", rows)
+    assert load_split_table(data).counts() == table.counts()
+
+
+def test_bad_split_tables(tmp_path: Path) -> None:
+    data = make_patches(tmp_path / "data", n_per_class=4)
+    ok = [(f"{c}/{c}_{i}.png", c, ("train", "train", "val", "test")[i]) for c in COLOURS for i in range(4)]
+    with pytest.raises(FileNotFoundError, match=r"bad\.csv: 1 of 12 listed files do not exist: .*nope\.png"):
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [*ok[:-1], ("Forest/nope.png", "Forest", "test")]))
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['Forrest'\]"):
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [*ok[:-1], ("Forest/Forest_0.png", "Forrest", "test")]))
+    with pytest.raises(ValueError, match=r"line 3: unknown split 'trian'"):
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [ok[0], ("Forest/Forest_1.png", "Forest", "trian")]))
+    with pytest.raises(ValueError, match=r"split 'val' is empty"):
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [r for r in ok if r[2] != "val"]))
+    with pytest.raises(ValueError, match=r"class 'SeaLake' has 3 example\(s\), too few for the split"):
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [r for r in ok if r[:2] != ("SeaLake/SeaLake_3.png", "SeaLake")]))
+    # Stratified split of a class with 2 images cannot fill train, val and test.
+    for f in list((data / "Forest").iterdir())[2:]:
+        f.unlink()
+    with pytest.raises(ValueError, match=r"class 'Forest' has 2 example\(s\)"):
+        load_split_table(data)
+
+
+def test_feature_cache_reuse_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_patches(tmp_path / "data", n_per_class=4)
+    table = load_split_table(data, write_csv(tmp_path / "s.csv", [
+        (f"{c}/{c}_{i}.png", c, ("train", "train", "val", "test")[i]) for c in COLOURS for i in range(4)]))
+    enc_dir = make_encoder(tmp_path / "enc", img_size=16, embed_dim=48, seed=1)
+    calls: list[str] = []
+    real = features_mod.extract_features
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("desc", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features_mod, "extract_features", counting)
+    cache = tmp_path / "cache"
+    f1, info1 = cached_features(load_encoder(enc_dir), enc_dir, table, "cls_last4", cache)
+    f2, info2 = cached_features(load_encoder(enc_dir), enc_dir, table, "cls_last4", cache)
+    assert len(calls) == 1 and not info1["hit"] and info2["hit"] and torch.equal(f1, f2)
+    assert f1.shape == (12, 4 * 48)
+    # Another recipe is another entry.
+    cached_features(load_encoder(enc_dir), enc_dir, table, "cls", cache)
+    assert len(calls) == 2
+    # New weights in the same folder (re-exported after "more training"): the cache must not be used.
+    make_encoder(enc_dir, img_size=16, embed_dim=48, seed=2)
+    f3, info3 = cached_features(load_encoder(enc_dir), enc_dir, table, "cls_last4", cache)
+    assert len(calls) == 3 and not info3["hit"] and not torch.allclose(f1, f3)
+    # Cached values equal a direct extraction in table order.
+    enc = load_encoder(enc_dir)
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p)).transpose(2, 0, 1).copy()) for p in table.paths[:3]])
+    with torch.inference_mode():
+        torch.testing.assert_close(f3[:3], enc.features(x, "cls_last4"), rtol=1e-4, atol=1e-4)
+        # The k-NN part of cls_last4 is the final CLS, i.e. exactly what forward() returns.
+        torch.testing.assert_close(cls_part(enc.features(x, "cls_last4"), "cls_last4", 48), enc(x))
+        torch.testing.assert_close(cls_part(enc.features(x, "cls_avgpool"), "cls_avgpool", 48), enc(x))
+
+
+def test_bad_encoder_inputs(tmp_path: Path) -> None:
+    data = make_patches(tmp_path / "data", n_per_class=6)
+    ms_enc = make_encoder(tmp_path / "enc13", in_chans=13, img_size=16, embed_dim=48)
+    opts = ProbeOptions(encoder=str(ms_enc), data=data, out=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"expects 13 bands \['band_0'.*but the data .* has 3 band\(s\) \(uint8\)"):
+        run_probe(opts)
+    (ms_enc / "geossl.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"enc13/geossl.json: encoder description missing"):
+        run_probe(opts)
+    with pytest.raises(FileNotFoundError, match=r"geossl.json: encoder description missing"):
+        run_probe(ProbeOptions(encoder=f"random:{ms_enc}", data=data, out=tmp_path / "out"))
+    shallow = make_encoder(tmp_path / "enc2", img_size=16, embed_dim=48, depth=2)
+    with pytest.raises(ValueError, match=r"unknown feature recipe 'cls_last9'"):
+        run_probe(ProbeOptions(encoder=str(shallow), data=data, out=tmp_path / "out", features="cls_last9"))
+
+
+def test_rgb_encoder_on_13_band_patches(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data / "eurosat-ms"
+    lines = (data / "labels.csv").read_text().splitlines()[1:]
+    seen: dict[str, int] = {}
+    rows = []
+    for line in lines:
+        path, label = line.split(",")
+        if seen.get(label, 0) < 3:
+            rows.append((path, label, ("train", "val", "test")[seen.get(label, 0)]))
+            seen[label] = seen.get(label, 0) + 1
+    rgb = make_encoder(tmp_path / "enc", img_size=64, embed_dim=48)
+    opts = ProbeOptions(encoder=str(rgb), data=data, splits=write_csv(tmp_path / "s.csv", rows), out=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"expects 3 bands \['B4', 'B3', 'B2'\], but the data .*s\.csv has 13 band\(s\) \(uint16\)"):
+        run_probe(opts)
+
+
+def test_cls_last4_uses_every_block_of_a_shallow_vit(tmp_path: Path) -> None:
+    """A 2-block ViT gives the CLS of both blocks (2 x embed_dim), the last block's CLS last."""
+    import torch
+
+    from geossl.models.encoder import load_encoder
+
+    encoder = load_encoder(make_encoder(tmp_path / "enc2", img_size=16, embed_dim=48, depth=2))
+    x = torch.rand(2, 3, 16, 16) * 255
+    with torch.no_grad():
+        feats = encoder.features(x, "cls_last4")
+        assert feats.shape == (2, encoder.feature_dim("cls_last4")) == (2, 96)
+        torch.testing.assert_close(feats[:, -48:], encoder(x))
