@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from geossl.config import EvalConfig
 
@@ -83,6 +84,14 @@ class SigtermCheckpoint(L.Callback):
             if trainer.is_global_zero:
                 print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
             trainer.should_stop = True
+
+
+class FiniteModelCheckpoint(ModelCheckpoint):
+    """Lightning's periodic checkpoints, refusing to write weights after a non-finite loss."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        trainer.lightning_module.check_finite()
+        super()._save_checkpoint(trainer, filepath)
 
 
 class FinalCheckpoint(L.Callback):

@@ -20,12 +20,18 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.config import Config
-from geossl.dino.callbacks import FinalCheckpoint, KNNMonitor, MetricPrinter, SigtermCheckpoint
+from geossl.dino.callbacks import (
+    FinalCheckpoint,
+    FiniteModelCheckpoint,
+    KNNMonitor,
+    MetricPrinter,
+    SigtermCheckpoint,
+)
 from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from geossl.dino.data import (
     PretrainDataModule,
@@ -134,8 +140,8 @@ def pretrain(
     callbacks = [
         printer,
         SigtermCheckpoint(checkpoint_dir),
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="step-{step:08d}", every_n_train_steps=cfg.trainer.checkpoint_every_steps,
-                        save_top_k=-1, save_last=False, auto_insert_metric_name=False),
+        FiniteModelCheckpoint(dirpath=checkpoint_dir, filename="step-{step:08d}", save_top_k=-1, save_last=False,
+                              every_n_train_steps=cfg.trainer.checkpoint_every_steps, auto_insert_metric_name=False),
         FinalCheckpoint(checkpoint_dir),
     ]
     knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed) if cfg.eval.knn_data else None
