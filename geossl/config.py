@@ -185,7 +185,8 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _merge(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+def merge_into(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    """Set dataclass fields of ``obj`` from nested ``values``, strictly (shared by every typed config)."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -196,7 +197,7 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: key '{full}': expected a mapping, got {value!r}")
-            _merge(current, value, f"{full}.", source)
+            merge_into(current, value, f"{full}.", source)
         else:
             setattr(obj, key, _check_type(value, hints[key], full, source))
 
@@ -222,20 +223,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        _merge(cfg, raw, "", str(path))
+        merge_into(cfg, raw, "", str(path))
     for text in overrides or []:
         keys, value = parse_override(text)
         nested: dict[str, Any] = {keys[-1]: value}
         for k in reversed(keys[:-1]):
             nested = {k: nested}
-        _merge(cfg, nested, "", f"override '{text}'")
+        merge_into(cfg, nested, "", f"override '{text}'")
     validate(cfg)
     return cfg
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
     cfg = Config()
-    _merge(cfg, values, "", source)
+    merge_into(cfg, values, "", source)
     validate(cfg)
     return cfg
 

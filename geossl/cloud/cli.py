@@ -1,0 +1,114 @@
+"""``geossl sagemaker launch|local``: send pretraining to SageMaker, or rehearse the container here.
+
+``launch`` builds the training job from a job YAML (``--dry-run`` prints the request and sends
+nothing). ``local`` runs ``sagemaker/train.py`` on this machine exactly as the container would: an
+/opt/ml-like folder, the SM_* variables, hyperparameters as ``--key value`` arguments, under torchrun
+with several CPU processes, so the contract is exercised before an instance is paid for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from geossl.cloud.job_config import ConfigError, load_job_config
+from geossl.config import load_config
+from geossl.settings import REPO_ROOT, resolve_data_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    launch = sub.add_parser("launch", help="create a SageMaker training job (needs geossl[sagemaker])",
+                            description="Create a SageMaker training job that runs geossl pretraining.")
+    local = sub.add_parser("local", help="run the container entry point here, as SageMaker would",
+                           description="Run sagemaker/train.py here with an /opt/ml-like tree and SM_* variables.")
+    for p in (launch, local):
+        p.add_argument("--config", required=True, help="job YAML (e.g. configs/sagemaker_dino.yaml)")
+        p.add_argument("overrides", nargs="*",
+                       help="key=value for the job (compute.instance_count=2) or the training config (optim.epochs=50)")
+    launch.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request as JSON; send nothing")
+    launch.add_argument("--wait", action="store_true", help="wait for the job and stream its logs")
+    local.add_argument("--data", help="local folder standing in for input.s3_uri (default: the training config's "
+                                      "first data path)")
+    local.add_argument("--root", help="the /opt/ml stand-in (default: runs/sagemaker-local/RUN_NAME); "
+                                      "its checkpoints/ persist, so running again resumes like a spot restart")
+    local.add_argument("--nproc", type=int, default=2, help="torchrun processes (CPU); 0 = no torchrun (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _launch(args) if args.action == "launch" else _local(args)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from geossl.cloud.job_config import resolve_aws
+    from geossl.cloud.launcher import launch, print_summary
+
+    cfg = load_job_config(args.config, args.overrides)
+    result = launch(cfg, dry_run=args.dry_run, wait=args.wait)
+    if args.dry_run:
+        print(json.dumps(result.request, indent=2))
+        print(f"dry run: nothing sent; would create {result.job_name} and upload {len(result.uploads)} files "
+              f"(code); checkpoints: {result.checkpoint_uri}", file=sys.stderr)
+        return 0
+    print_summary(result, resolve_aws(cfg).region)
+    if args.wait and result.status != "Completed":
+        print(f"{result.job_name} ended {result.status}; launch again with run_name={result.run_name} to resume "
+              "from its checkpoints", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local_command(nproc: int, args: list[str]) -> list[str]:
+    """How the SDK's Torchrun driver starts the entry point (static rendezvous on this host)."""
+    entry = "sagemaker/train.py"
+    if nproc <= 0:
+        return [sys.executable, entry, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", entry, *args]
+
+
+def _local(args: argparse.Namespace) -> int:
+    from geossl.cloud.container import hyperparameters_to_args, prepare_local_tree
+    from geossl.cloud.launcher import hyperparameters, resolve_training_config
+
+    cfg = load_job_config(args.config, args.overrides)
+    training_config = resolve_training_config(cfg, REPO_ROOT)
+    hps = hyperparameters(cfg, str(training_config))
+    channel, data_dir = (None, None) if cfg.input.mode == "Direct" else (cfg.input.channel, args.data)
+    if channel and data_dir is None:
+        first = load_config(training_config, cfg.pretrain.overrides).data.paths[0]
+        data_dir = resolve_data_path(first)
+        if "://" in data_dir:
+            raise ConfigError(f"--data: the training config reads {data_dir}; give a local folder with --data")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data {data_dir}: not a folder")
+    root = Path(args.root or Path("runs") / "sagemaker-local" / cfg.run_name).resolve()
+    env = prepare_local_tree(root, hps, channel, Path(data_dir) if data_dir else None, REPO_ROOT,
+                             job_name=f"{cfg.run_name}-local")
+    cmd = local_command(args.nproc, hyperparameters_to_args(hps))
+    print(f"geossl sagemaker local: {shlex.join(cmd)}\n  (cwd {REPO_ROOT}, /opt/ml -> {root})", file=sys.stderr)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env})
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failure = root / "output" / "failure"
+    if code != 0 and failure.is_file():
+        print(f"job failed; {failure}:\n{failure.read_text()}", file=sys.stderr)
+    elif code == 0:
+        print(f"model: {root / 'model'}  checkpoints: {root / 'checkpoints'}", file=sys.stderr)
+    return code
