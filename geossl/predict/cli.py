@@ -1,0 +1,95 @@
+"""``geossl classify``: tiles -> predictions.csv/.geojson; scenes -> class-map COG, GeoJSON, preview.
+
+Each input file is a *scene* (sliding window, map) or a *tile* (one prediction). ``--mode auto``
+decides per file: a scene when it is larger than one tile or when --tile-size/--stride were given.
+Everything that can be checked before inference is (model, output folder, existing outputs, file
+names), so a mistake costs seconds, not the first scene's hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from geossl.predict.common import check_outputs, ensure_out_dir, parse_bands, pick_device
+from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="land-cover model folder written by `geossl probe` (<out>/model)")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="scene(s) or tile(s): files, folders, globs, s3://bucket/prefix")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--mode", choices=("auto", "scene", "tiles"), default="auto",
+                        help="treat inputs as scenes (maps) or tiles (one prediction each); auto: by size")
+    parser.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: the model's img_size)")
+    parser.add_argument("--stride", type=int, default=None, help="window step = map pixel size (default: tile size)")
+    parser.add_argument("--bands", default=None, help="1-based bands of the input to feed the model, in order, e.g. 1,2,3")
+    parser.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
+                        help="resample scenes to the model's gsd (default: when the model has a gsd and the "
+                             "scene's CRS is in metres)")
+    parser.add_argument("--min-valid", type=float, default=0.5,
+                        help="fraction of valid pixels a map cell needs; else nodata (255)")
+    parser.add_argument("--probs", action="store_true", help="also write <scene>_probs.tif (one band per class)")
+    parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-check-stats", action="store_true",
+                        help="run even when the input's values look unlike the model's training statistics")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from geossl.models.landcover import load_landcover_model
+    from geossl.predict.common import output_stem
+    from geossl.predict.scene import classify_scene, scene_outputs
+    from geossl.predict.tiles import classify_tiles
+
+    start = time.perf_counter()
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = pick_device(args.device)
+    model = load_landcover_model(Path(args.model), device=device)
+    out_dir = ensure_out_dir(args.out)
+    bands = parse_bands(args.bands)
+    uris = image_inputs(args.input)
+    tile = args.tile_size or model.meta.img_size
+    scenes, tiles = split_inputs(uris, args.mode, tile, args.tile_size is not None or args.stride is not None)
+
+    stems = [output_stem(s) for s in scenes]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ValueError(f"several scenes are named {clash[0]!r}: their outputs would collide in {out_dir}; "
+                         "classify them into separate --out folders")
+    planned = [out_dir / CSV_NAME, out_dir / GEOJSON_NAME] if tiles else []
+    for scene in scenes:
+        planned += [p for p in scene_outputs(out_dir, scene, args.probs, True, not args.no_preview).values() if p]
+    check_outputs(planned, args.overwrite)
+
+    progress = not args.quiet
+    lines, n_windows = [], 0
+    if tiles:
+        result = classify_tiles(model, tiles, out_dir, bands=bands, batch_size=args.batch_size,
+                                overwrite=args.overwrite, check_stats=not args.no_check_stats, progress=progress)
+        lines.append(result.summary())
+        print(result.summary(), flush=True)
+    for scene in scenes:
+        res = classify_scene(
+            model, scene, out_dir, tile_size=args.tile_size, stride=args.stride, bands=bands,
+            resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
+            preview=not args.no_preview, overwrite=args.overwrite, check_stats=not args.no_check_stats,
+            progress=progress,
+        )
+        n_windows += res.windows
+        print(res.summary(), flush=True)
+    seconds = time.perf_counter() - start
+    parts = []
+    if scenes:
+        parts.append(f"{len(scenes)} scene(s), {n_windows} windows")
+    if tiles:
+        parts.append(f"{len(tiles)} tile file(s)")
+    print(f"classify: {' and '.join(parts)} in {seconds:.1f} s on {device} -> {out_dir}", file=sys.stdout)
+    return 0

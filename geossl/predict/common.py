@@ -1,0 +1,173 @@
+"""Checks and helpers shared by classify, embed and attention: bands, statistics, outputs, devices.
+
+Every check runs before any output is created, so a wrong band count or a folder that already holds
+results fails in a second with one line naming the file, not after an hour of inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geossl.models.encoder import EncoderMeta
+
+STATS_Z_LIMIT = 10.0  # band medians further than this many model stds from the model mean are a mismatch
+
+
+@contextlib.contextmanager
+def gdal_env(uris: str | Sequence[str], **options: Any) -> Iterator[None]:
+    """A rasterio/GDAL environment for reading ``uris``: with boto3's credentials and endpoint when any is
+    on S3 (:func:`geossl.data.s3.rasterio_env`), plus GDAL ``options``; nothing process-wide changes."""
+    import rasterio
+
+    items = [uris] if isinstance(uris, str) else list(uris)
+    if any(str(u).startswith("/vsis3/") for u in items):
+        from geossl.data.s3 import rasterio_env
+
+        with rasterio_env(**options):
+            yield
+    else:
+        with rasterio.Env(**options):
+            yield
+
+
+def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (1-based band indices, GDAL's convention)."""
+    if text is None or text == "":
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        bands = [int(str(b).strip()) for b in items]
+    except ValueError:
+        raise ValueError(f"--bands: expected comma-separated 1-based band numbers like 1,2,3, got {text!r}") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"--bands: band numbers start at 1, got {text!r}")
+    return bands
+
+
+def resolve_bands(
+    meta: EncoderMeta, count: int, source: str, bands: Sequence[int] | None = None,
+    descriptions: Sequence[str | None] | None = None,
+) -> list[int]:
+    """The 1-based bands of ``source`` to feed the model, in the model's order; else a clear error.
+
+    Explicit ``bands`` win; otherwise a file whose band descriptions name all the model's bands is
+    matched by name, and a file with exactly the model's band count is taken as it is.
+    """
+    need = meta.in_chans
+    expects = f"the model expects {need} bands {meta.bands}"
+    if bands is not None:
+        bands = [int(b) for b in bands]
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise ValueError(f"{source}: band {bad[0]} requested but the file has {count} bands (1..{count})")
+        if len(bands) != need:
+            raise ValueError(f"{source}: --bands selects {len(bands)} bands {bands}, {expects}")
+        return bands
+    names = [(d or "").strip().lower() for d in (descriptions or [])]
+    wanted = [b.strip().lower() for b in meta.bands]
+    if names and all(w in names for w in wanted) and count != need:
+        return [names.index(w) + 1 for w in wanted]
+    if count != need:
+        hint = f"; select and order them with --bands (e.g. --bands {','.join(str(i) for i in range(1, need + 1))})"
+        raise ValueError(f"{source}: has {count} bands, {expects}" + (hint if count > need else ""))
+    return list(range(1, count + 1))
+
+
+def check_statistics(meta: EncoderMeta, pixels: np.ndarray, source: str, bands: Sequence[int]) -> None:
+    """Fail when the input's values are on another scale than the model's training data.
+
+    ``pixels`` is (C, N) valid samples. A median many standard deviations from the model's mean means
+    other units (reflectance x 10,000 vs 8-bit, or 0-1 floats): the model would see noise.
+    """
+    if pixels.size == 0:
+        raise ValueError(f"{source}: no valid pixels (everything is nodata or NaN)")
+    median = np.median(pixels.astype(np.float64), axis=1)
+    mean, std = np.asarray(meta.mean, dtype=np.float64), np.maximum(np.asarray(meta.std, dtype=np.float64), 1e-6)
+    z = np.abs(median - mean) / std
+    worst = int(np.argmax(z))
+    if z[worst] > STATS_Z_LIMIT:
+        raise ValueError(
+            f"{source}: band {bands[worst]} values (median {median[worst]:.4g}) do not match the model's "
+            f"band {meta.bands[worst]!r} (mean {mean[worst]:.4g}, std {std[worst]:.4g}): the model expects "
+            f"{meta.bands} with means {[round(m, 4) for m in meta.mean]}; wrong bands or units? "
+            "(--no-check-stats to run anyway)"
+        )
+
+
+def fill_invalid(images: np.ndarray, valid: np.ndarray, fill: Sequence[float]) -> np.ndarray:
+    """Replace nodata/NaN pixels by the model's band means (zero after normalisation), in place."""
+    fill_arr = np.asarray(fill, dtype=images.dtype)
+    bad = ~valid
+    if bad.any():
+        for c in range(images.shape[1]):
+            band = images[:, c]
+            band[bad] = fill_arr[c]
+    return images
+
+
+def ensure_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Create the output folder and prove it is writable (a probe file), before any work starts."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+    return out_dir
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace results unless asked: one line listing what already exists."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} (pass --overwrite to replace)")
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``auto`` (or None) -> the GPU when there is one, else the CPU; an unavailable device is an error."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA GPU available")
+    return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def run_batches(fn: torch.nn.Module | object, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Apply ``fn`` (raw pixels -> tensor) to a float32 numpy batch; bf16 autocast on GPUs for speed."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fn(x)  # type: ignore[operator]
+    else:
+        out = fn(x)  # type: ignore[operator]
+    return out.float().cpu().numpy()
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per row, the ``k`` most probable (class, probability) pairs, best first."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]
+
+
+def output_stem(uri: str) -> str:
+    """``/vsis3/b/x/scene.tif`` -> ``scene``: output names derive from the input's file name."""
+    name = str(uri).rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name

@@ -1,0 +1,213 @@
+"""One embedding per tile -> (Geo)Parquet, for similarity search, clustering or custom heads.
+
+Inputs are tile files (one row each) and scenes (one row per grid window, at the model's GSD when the
+scene is resampled, see :mod:`geossl.predict.reader`). Rows carry the source, the window in source
+pixels, the source CRS, the fraction of valid pixels and the footprint in WGS84 as WKB.
+
+The file is GeoParquet 1.1 (``geo`` metadata, WKB, OGC:CRS84 lon/lat), written in row groups as
+embeddings are produced rather than collected into one GeoDataFrame for ``to_parquet``: a scene can
+yield millions of rows. The ``geo`` metadata, with the bounding box known only at the end, is added
+when the file is closed; geopandas.read_parquet reads it like its own output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import CRS
+from tqdm import tqdm
+
+from geossl.io import atomic_path
+from geossl.models.encoder import Encoder, EncoderMeta
+from geossl.predict.common import (
+    check_outputs,
+    check_statistics,
+    ensure_out_dir,
+    gdal_env,
+    model_device,
+    run_batches,
+)
+from geossl.predict.geojson import footprint_lonlat
+from geossl.predict.reader import SceneReader
+from geossl.predict.scene import GDAL_CACHE_BYTES, axis_plan
+from geossl.predict.tiles import iter_tiles, split_inputs
+
+ROW_GROUP = 4096
+
+
+@dataclass
+class Item:
+    source: str
+    image: np.ndarray  # (C, H, W) float32, invalid pixels filled
+    window: tuple[float, float, float, float]  # col_off, row_off, width, height in source pixels
+    crs: str
+    valid_fraction: float
+    ring: list[list[float]] | None
+
+
+def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: int, stride: int,
+                resample: bool | None, min_valid: float, check_stats: bool) -> Iterator[Item]:
+    """Grid windows of one scene (regular grid plus an edge-flush window), skipping mostly-nodata ones."""
+    with gdal_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(uri, meta, bands, resample) as reader:
+        if reader.width < tile or reader.height < tile:
+            raise ValueError(f"{uri}: {reader.width}x{reader.height} px is smaller than one {tile} px tile")
+        if check_stats:
+            reader.check_statistics()
+        rows, cols = axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride)
+        s, crs = reader.scale, reader.crs.to_string()
+        for row in rows.starts:
+            for col in cols.starts:
+                image, valid = reader.read(col, row, tile, tile)
+                frac = float(valid.mean())
+                if frac < min_valid:
+                    continue
+                ring = footprint_lonlat(reader.transform, col, row, tile, tile, reader.crs)
+                yield Item(uri, image, (col * s, row * s, tile * s, tile * s), crs, frac, ring)
+
+
+def tile_items(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None, skipped: list[str],
+               check_stats: bool) -> Iterator[Item]:
+    first = True
+    for tile in iter_tiles(uris, meta, bands, skipped):
+        if check_stats and first:
+            check_statistics(meta, tile.image[:, tile.valid], tile.uri, tile.bands)
+            first = False
+        _, h, w = tile.image.shape
+        crs = tile.crs.to_string() if tile.georeferenced else ""
+        yield Item(tile.uri, tile.image, (0, 0, w, h), crs, float(tile.valid.mean()), tile.footprint())
+
+
+class GeoParquetStream:
+    """Row groups of embeddings into an open ParquetWriter; ``close`` adds the GeoParquet metadata."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.schema = pa.schema([
+            ("source", pa.string()), ("col_off", pa.float64()), ("row_off", pa.float64()),
+            ("width", pa.float64()), ("height", pa.float64()), ("crs", pa.string()),
+            ("valid_fraction", pa.float32()), ("embedding", pa.list_(pa.float32(), dim)),
+            ("geometry", pa.binary()),
+        ])
+        self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+        self.dim, self.rows, self.bbox = dim, 0, [np.inf, np.inf, -np.inf, -np.inf]
+        self._pending: list[tuple[Item, np.ndarray]] = []
+
+    def add(self, item: Item, embedding: np.ndarray) -> None:
+        self._pending.append((item, embedding))
+        if len(self._pending) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        items = [it for it, _ in self._pending]
+        emb = np.stack([e for _, e in self._pending]).astype(np.float32).reshape(-1)
+        geoms = [shapely.Polygon(it.ring) if it.ring else None for it in items]
+        for g in geoms:
+            if g is not None:
+                x0, y0, x1, y1 = g.bounds
+                self.bbox = [min(self.bbox[0], x0), min(self.bbox[1], y0), max(self.bbox[2], x1), max(self.bbox[3], y1)]
+        table = pa.table({
+            "source": [it.source for it in items],
+            "col_off": [float(it.window[0]) for it in items], "row_off": [float(it.window[1]) for it in items],
+            "width": [float(it.window[2]) for it in items], "height": [float(it.window[3]) for it in items],
+            "crs": [it.crs for it in items], "valid_fraction": [it.valid_fraction for it in items],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb, pa.float32()), self.dim),
+            "geometry": [None if g is None else shapely.to_wkb(g) for g in geoms],
+        }, schema=self.schema)
+        self.writer.write_table(table)
+        self.rows += len(items)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"],
+                                  "crs": CRS.from_user_input("OGC:CRS84").to_json_dict()}
+        if np.isfinite(self.bbox).all():
+            column["bbox"] = [float(v) for v in self.bbox]
+        geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column},
+               "creator": {"library": "geossl"}}
+        self.writer.add_key_value_metadata({"geo": json.dumps(geo)})
+        self.writer.close()
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    rows: int
+    dim: int
+    skipped: list[str]
+    seconds: float
+
+    def summary(self) -> str:
+        extra = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return f"embed: {self.rows} rows x {self.dim} dims in {self.seconds:.1f} s -> {self.path}{extra}"
+
+
+def embed_inputs(
+    encoder: Encoder,
+    uris: Sequence[str],
+    out: str | Path,
+    *,
+    recipe: str = "cls",
+    mode: str = "auto",
+    tile_size: int | None = None,
+    stride: int | None = None,
+    bands: Sequence[int] | None = None,
+    resample: bool | None = None,
+    min_valid: float = 0.5,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    check_stats: bool = True,
+    progress: bool = True,
+) -> EmbedResult:
+    """Embed every tile file and every scene window of ``uris`` into the Parquet file ``out``."""
+    start = time.perf_counter()
+    out = Path(out)
+    ensure_out_dir(out.parent)
+    check_outputs([out], overwrite)
+    meta, device = encoder.meta, model_device(encoder)
+    dim = encoder.feature_dim(recipe)
+    explicit_grid = tile_size is not None or stride is not None
+    tile = int(tile_size or meta.img_size)
+    stride = int(stride or tile)
+    scenes, tiles = split_inputs(list(uris), mode, tile, explicit_grid)
+    skipped: list[str] = []
+
+    def items() -> Iterator[Item]:
+        yield from tile_items(tiles, meta, bands, skipped, check_stats)
+        for scene in scenes:
+            yield from scene_items(scene, meta, bands, tile, stride, resample, min_valid, check_stats)
+
+    def features(x: Any) -> Any:
+        return encoder.features(x, recipe)
+
+    with gdal_env(tiles), atomic_path(out, suffix=".parquet") as tmp:
+        stream = GeoParquetStream(tmp, dim)
+        try:
+            batch: list[Item] = []
+            bar = tqdm(unit="tile", disable=not progress, leave=False)
+            for item in itertools.chain(items(), [None]):
+                if batch and (item is None or len(batch) == batch_size or batch[0].image.shape != item.image.shape):
+                    emb = run_batches(features, np.stack([b.image for b in batch]), device)
+                    for b, e in zip(batch, emb, strict=True):
+                        stream.add(b, e)
+                    bar.update(len(batch))
+                    batch = []
+                if item is not None:
+                    batch.append(item)
+            bar.close()
+        finally:
+            stream.close()
+        if stream.rows == 0:
+            raise ValueError(f"no tiles to embed among {len(uris)} input(s) (all unreadable or nodata)")
+    return EmbedResult(out, stream.rows, dim, skipped, time.perf_counter() - start)

@@ -1,0 +1,182 @@
+"""Windowed reads of one scene in the model's bands, optionally resampled on the fly to its GSD.
+
+We read windows with rasterio directly rather than through a gridded dataset because classification
+needs three things at once: any stride, validity masks (nodata, NaN, internal masks), and resampling.
+Resampling uses a ``WarpedVRT`` in the scene's own CRS whose pixel size is the model's GSD and whose
+origin is the scene's origin: the VRT *is* the scene at the model's resolution, so windows, masks and
+geotransforms need no special case, and GDAL reads only the source blocks each window touches.
+Downsampling averages (no aliasing of 5 m NAIP into 10 m pixels); upsampling is bilinear.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geossl.models.encoder import EncoderMeta
+from geossl.predict.common import check_statistics, fill_invalid, resolve_bands
+
+RESAMPLE_TOLERANCE = 0.05  # a scene within 5 % of the model's GSD is used as it is
+AUTO_RESAMPLE_MAX = 4.0  # automatic resampling stays within 4x either way; beyond, --resample must ask for it
+
+
+def resample_target(
+    meta: EncoderMeta, crs: Any, res: tuple[float, float], resample: bool | None, source: str
+) -> tuple[float | None, str]:
+    """(pixel size in CRS units to resample to, or None; a short reason for the summary).
+
+    ``resample=None`` is automatic: only when the model records its GSD and the CRS is projected in
+    linear units (metres, feet) can "10 m" be expressed; geographic CRSs would need a reprojection.
+    Automatic resampling also stays within a factor of 4 (5 m NAIP -> 10 m yes, 300 m -> 10 m no).
+    """
+    if resample is False:
+        return None, "resampling off"
+    if meta.gsd is None:
+        if resample:
+            raise ValueError(f"{source}: --resample needs the model's ground sample distance, but its geossl.json has no gsd")
+        return None, "model has no gsd"
+    if crs is None or not crs.is_projected:
+        if resample:
+            raise ValueError(
+                f"{source}: --resample to {meta.gsd} m needs a projected CRS in metres; the scene's CRS is "
+                f"{'missing' if crs is None else crs.to_string()} (reproject it, e.g. gdalwarp -t_srs EPSG:326xx)"
+            )
+        return None, f"scene CRS {crs.to_string() if crs else 'missing'} is not in metres"
+    unit_m = float(crs.linear_units_factor[1])
+    pixel_m = 0.5 * (abs(res[0]) + abs(res[1])) * unit_m
+    if not resample and abs(pixel_m - meta.gsd) / meta.gsd < RESAMPLE_TOLERANCE:
+        return None, f"scene is at {pixel_m:g} m, the model's gsd"
+    factor = max(pixel_m / meta.gsd, meta.gsd / pixel_m)
+    if resample is None and factor > AUTO_RESAMPLE_MAX:
+        # 300 m Landsat into a 10 m model would be 900x the windows of blurred pixels: never by surprise.
+        return None, f"not resampled: scene {pixel_m:g} m vs model {meta.gsd:g} m is beyond auto range (--resample forces it)"
+    return meta.gsd / unit_m, f"resampled {pixel_m:g} m -> {meta.gsd:g} m"
+
+
+class SceneReader:
+    """One open scene (or its resampling VRT): window reads as float32 plus a validity mask."""
+
+    def __init__(
+        self, uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None, resample: bool | None = None
+    ) -> None:
+        self.uri = uri
+        try:
+            self.src = rasterio.open(uri)
+        except (RasterioError, OSError) as exc:
+            raise ValueError(f"{uri}: cannot open as a raster ({exc})") from None
+        src = self.src
+        try:
+            self.bands = resolve_bands(meta, src.count, uri, bands, src.descriptions)
+            if src.crs is None:
+                raise ValueError(f"{uri}: not georeferenced (no CRS): a scene map needs one; classify it as a tile")
+            target, self.resample_note = resample_target(meta, src.crs, src.res, resample, uri)
+            self.ds: Any = src
+            if target is not None:
+                self.ds = self._warped(target)
+        except Exception:
+            src.close()
+            raise
+        self.meta = meta
+        self.target_res = target
+        self.nodata = src.nodata
+        flags = src.mask_flag_enums[self.bands[0] - 1]
+        self._gdal_mask = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+        self._float = np.dtype(src.dtypes[self.bands[0] - 1]).kind in "fc"
+
+    def _warped(self, target: float) -> WarpedVRT:
+        src = self.src
+        t = src.transform
+        if t.b != 0 or t.d != 0:
+            raise ValueError(f"{self.uri}: rotated geotransform; cannot resample on the fly (warp it north-up first)")
+        width = int(math.floor(src.width * abs(t.a) / target + 1e-9))
+        height = int(math.floor(src.height * abs(t.e) / target + 1e-9))
+        if width < 1 or height < 1:
+            raise ValueError(f"{self.uri}: smaller than one {target:g}-unit pixel after resampling")
+        transform = Affine(math.copysign(target, t.a), 0.0, t.c, 0.0, math.copysign(target, t.e), t.f)
+        down = target > abs(t.a)
+        return WarpedVRT(
+            src, crs=src.crs, transform=transform, width=width, height=height,
+            resampling=Resampling.average if down else Resampling.bilinear,
+            src_nodata=src.nodata, nodata=src.nodata,
+        )
+
+    @property
+    def width(self) -> int:
+        return int(self.ds.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.ds.height)
+
+    @property
+    def transform(self) -> Affine:
+        """Float64 geotransform of the read grid (the scene's own, or the resampled one)."""
+        return self.ds.transform
+
+    @property
+    def crs(self) -> Any:
+        return self.src.crs
+
+    @property
+    def scale(self) -> float:
+        """Scene pixels per read-grid pixel (1.0 unless resampling)."""
+        return float(abs(self.transform.a) / abs(self.src.transform.a))
+
+    def read(self, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """(C, h, w) float32 with invalid pixels filled by the model's means, and the (h, w) valid mask."""
+        window = Window(col, row, width, height)
+        try:
+            image = self.ds.read(self.bands, window=window).astype(np.float32, copy=False)
+            gdal_valid = self.ds.read_masks(self.bands[0], window=window) > 0 if self._gdal_mask else None
+        except RasterioError as exc:
+            raise ValueError(f"{self.uri}: read failed at window {(col, row, width, height)} ({exc})") from None
+        valid = np.isfinite(image).all(axis=0) if self._float else np.ones(image.shape[1:], dtype=bool)
+        if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
+            valid &= ~(image == np.float32(self.nodata)).all(axis=0)
+        if gdal_valid is not None:
+            valid &= gdal_valid
+        fill_invalid(image[None], valid[None], self.meta.mean)
+        return image, valid
+
+    def read_batch(self, origins: Sequence[tuple[int, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stack windows at (col, row) ``origins`` of ``size`` px: (B, C, T, T) float32, (B, T, T) bool."""
+        images = np.empty((len(origins), len(self.bands), size, size), dtype=np.float32)
+        valid = np.empty((len(origins), size, size), dtype=bool)
+        for i, (col, row) in enumerate(origins):
+            images[i], valid[i] = self.read(col, row, size, size)
+        return images, valid
+
+    def sample_pixels(self, size: int = 256, grid: int = 3) -> np.ndarray:
+        """(C, N) valid pixels from a few windows spread over the scene: cheap, whatever its size."""
+        w, h = min(size, self.width), min(size, self.height)
+        cols = np.linspace(0, self.width - w, grid).astype(int)
+        rows = np.linspace(0, self.height - h, grid).astype(int)
+        chunks = []
+        for r in sorted(set(rows.tolist())):
+            for c in sorted(set(cols.tolist())):
+                image, valid = self.read(c, r, w, h)
+                chunks.append(image[:, valid])
+        return np.concatenate(chunks, axis=1)
+
+    def check_statistics(self) -> None:
+        check_statistics(self.meta, self.sample_pixels(), self.uri, self.bands)
+
+    def close(self) -> None:
+        if self.ds is not self.src:
+            self.ds.close()
+        self.src.close()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

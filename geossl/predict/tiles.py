@@ -1,0 +1,248 @@
+"""Classification of tile files (patches such as EuroSAT's) into predictions.csv and predictions.geojson.
+
+Tiles are read at their own size (the ViT takes any multiple of its patch size) in the file's raw
+units, masked and filled like scene windows, and batched while consecutive tiles share a shape. The
+CSV and GeoJSON are streamed into temporary files and renamed when complete. One unreadable file in
+a folder of thousands is skipped and reported, not fatal; a band mismatch is fatal (it is never just
+one file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from PIL import Image, UnidentifiedImageError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine
+from tqdm import tqdm
+
+from geossl.data.uris import RASTER_EXTS, expand_inputs
+from geossl.io import atomic_path
+from geossl.models.encoder import EncoderMeta
+from geossl.models.landcover import LandCoverModel
+from geossl.predict.common import (
+    check_outputs,
+    check_statistics,
+    ensure_out_dir,
+    fill_invalid,
+    gdal_env,
+    model_device,
+    resolve_bands,
+    run_batches,
+    top_k,
+)
+from geossl.predict.geojson import footprint_lonlat, geojson_writer
+
+IMAGE_EXTS = RASTER_EXTS + (".jpg", ".jpeg", ".png")
+PIL_EXTS = (".jpg", ".jpeg", ".png")
+CSV_NAME, GEOJSON_NAME = "predictions.csv", "predictions.geojson"
+
+
+@dataclass
+class Tile:
+    """One tile in the model's bands: float32 (C, H, W) with invalid pixels filled, plus georeferencing."""
+
+    uri: str
+    image: np.ndarray
+    valid: np.ndarray
+    crs: Any = None
+    transform: Affine | None = None
+    bands: list[int] = field(default_factory=list)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None and self.transform is not None and self.transform != Affine.identity()
+
+    def footprint(self) -> list[list[float]] | None:
+        if not self.georeferenced:
+            return None
+        return footprint_lonlat(self.transform, 0, 0, self.image.shape[2], self.image.shape[1], self.crs)
+
+
+def image_inputs(inputs: str | Sequence[str]) -> list[str]:
+    """Expand files, folders, globs and s3:// prefixes to image URIs (GeoTIFFs and JPEG/PNG tiles)."""
+    return expand_inputs(inputs, exts=IMAGE_EXTS)
+
+
+def _uses_pil(uri: str) -> bool:
+    return uri.lower().endswith(PIL_EXTS) and not uri.startswith("/vsi")
+
+
+def image_header(uri: str) -> tuple[int, int, bool]:
+    """(width, height, georeferenced) from the header only; errors name the file."""
+    try:
+        if _uses_pil(uri):
+            with Image.open(uri) as img:
+                return img.size[0], img.size[1], False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(uri) as src:
+                return src.width, src.height, src.crs is not None
+    except (RasterioError, UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{uri}: not a readable image ({exc})") from None
+
+
+def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool) -> tuple[list[str], list[str]]:
+    """(scenes, tiles). ``auto``: a georeferenced file larger than one tile (or any georeferenced file when
+    the grid was given explicitly) is a scene; JPEG/PNG chips and small files are tiles. Unreadable files
+    go to tiles, where a folder skips them and a lone file fails."""
+    if mode != "auto":
+        return (uris, []) if mode == "scene" else ([], uris)
+    scenes, tiles = [], []
+    with gdal_env(uris):
+        for uri in uris:
+            try:
+                width, height, georeferenced = image_header(uri)
+            except ValueError:
+                if len(uris) == 1:
+                    raise
+                tiles.append(uri)
+                continue
+            (scenes if georeferenced and (explicit_grid or max(width, height) > tile) else tiles).append(uri)
+    return scenes, tiles
+
+
+class TileReadError(ValueError):
+    """A file that cannot be decoded (skippable in a folder), as opposed to a band mismatch (fatal)."""
+
+
+def read_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None) -> Tile:
+    """Read one tile in the model's bands: ValueError on a band mismatch, TileReadError if undecodable."""
+    crs = transform = nodata = None
+    try:
+        if _uses_pil(uri):
+            with Image.open(uri) as img:
+                if img.mode in ("P", "1", "PA"):
+                    img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+                array = np.asarray(img)
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            descriptions: Sequence[str | None] = ()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(uri) as src:
+                    descriptions, count = src.descriptions, src.count
+                    used = resolve_bands(meta, count, uri, bands, descriptions)
+                    array = src.read(used)
+                    crs, transform, nodata = src.crs, src.transform, src.nodata
+    except (RasterioError, UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
+    if _uses_pil(uri):
+        used = resolve_bands(meta, array.shape[0], uri, bands, descriptions)
+        array = array[[b - 1 for b in used]]
+    image = array.astype(np.float32)
+    valid = np.isfinite(image).all(axis=0)
+    if nodata is not None and not math.isnan(nodata):
+        valid &= ~(image == np.float32(nodata)).all(axis=0)
+    fill_invalid(image[None], valid[None], meta.mean)
+    return Tile(uri, image, valid, crs, transform, list(used))
+
+
+def iter_tiles(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None,
+               skipped: list[str]) -> Iterator[Tile]:
+    """Tiles in order; unreadable files are appended to ``skipped`` with the reason and passed over."""
+    for uri in uris:
+        try:
+            yield read_tile(uri, meta, bands)
+        except TileReadError as exc:
+            skipped.append(str(exc))
+            print(f"warning: skipping {exc}", file=sys.stderr)
+
+
+def batched_by_shape(tiles: Iterator[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    """Consecutive tiles of one shape, at most ``batch_size`` at a time (a batch is one stacked array)."""
+    batch: list[Tile] = []
+    for tile in tiles:
+        if batch and (len(batch) == batch_size or batch[0].image.shape != tile.image.shape):
+            yield batch
+            batch = []
+        batch.append(tile)
+    if batch:
+        yield batch
+
+
+@dataclass
+class TilesResult:
+    csv: Path
+    geojson: Path | None
+    tiles: int
+    skipped: list[str]
+    class_counts: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        top = sorted(self.class_counts.items(), key=lambda kv: -kv[1])[:3]
+        share = ", ".join(f"{k} {v}" for k, v in top if v)
+        extra = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        geo = f" + {self.geojson}" if self.geojson else " (not georeferenced: no GeoJSON)"
+        return f"{self.tiles} tiles in {self.seconds:.1f} s -> {self.csv}{geo} ({share}{extra})"
+
+
+def classify_tiles(
+    model: LandCoverModel,
+    uris: Sequence[str],
+    out_dir: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    check_stats: bool = True,
+    progress: bool = True,
+) -> TilesResult:
+    """Classify tile files: ``predictions.csv`` (path, class, probability, top-3) and, for georeferenced
+    tiles, ``predictions.geojson`` with each tile's WGS84 footprint."""
+    start = time.perf_counter()
+    out_dir = ensure_out_dir(out_dir)
+    csv_path, gj_path = out_dir / CSV_NAME, out_dir / GEOJSON_NAME
+    check_outputs([csv_path, gj_path], overwrite)
+    meta, classes, device = model.meta, list(model.classes), model_device(model)
+    skipped: list[str] = []
+    counts = dict.fromkeys(classes, 0)
+    n_geo = n = 0
+    header = ["path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(gdal_env(uris))
+        tmp_csv = stack.enter_context(atomic_path(csv_path, suffix=".csv"))
+        fh = stack.enter_context(open(tmp_csv, "w", newline=""))
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        gj = None  # opened at the first georeferenced tile: JPEG folders get no GeoJSON at all
+        bar = stack.enter_context(tqdm(total=len(uris), unit="tile", disable=not progress, leave=False))
+        for batch in batched_by_shape(iter_tiles(uris, meta, bands, skipped), batch_size):
+            images = np.stack([t.image for t in batch])
+            if check_stats and n == 0:
+                valid = np.stack([t.valid for t in batch])
+                check_statistics(meta, images.transpose(1, 0, 2, 3)[:, valid], batch[0].uri, batch[0].bands)
+            probs = run_batches(model.predict_proba, images, device)
+            for tile, best in zip(batch, top_k(probs, classes), strict=True):
+                row: list[Any] = [tile.uri]
+                for name, p in best:
+                    row += [name, f"{p:.4f}"]
+                writer.writerow(row + [""] * (len(header) - len(row)))
+                counts[best[0][0]] += 1
+                ring = tile.footprint()
+                if ring is not None:
+                    gj = gj or stack.enter_context(geojson_writer(gj_path))
+                    gj.add(ring, {"path": tile.uri, "class": best[0][0], "probability": round(best[0][1], 4),
+                                  "top3": [{"class": c, "probability": round(p, 4)} for c, p in best],
+                                  "crs": tile.crs.to_string()})
+                    n_geo += 1
+            n += len(batch)
+            bar.n = n + len(skipped)
+            bar.refresh()
+        if n == 0:
+            raise ValueError(f"no readable tiles among {len(uris)} input(s): {skipped[0] if skipped else ''}")
+    if n_geo == 0:
+        gj_path.unlink(missing_ok=True)  # a stale GeoJSON (under --overwrite) must not pass for this run's
+    return TilesResult(csv_path, gj_path if n_geo else None, n, skipped, counts, time.perf_counter() - start)
