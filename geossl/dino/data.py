@@ -96,13 +96,18 @@ class ResumableSampler(Sampler[int]):
         if n < world_size:
             raise ValueError(f"{n} training samples cannot be shared by {world_size} processes")
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
-        self.epoch = 0
+        # Shared memory: persistent DataLoader workers read the current epoch from here.
+        self.shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._start_epoch = -1
         self._start_index = 0
         self.per_rank = n // world_size  # equal shards (drop the remainder) keep ranks in lockstep
 
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.shared_epoch.fill_(epoch)
 
     def start_at(self, epoch: int, index: int) -> None:
         """Skip the first ``index`` samples of this rank's shard in ``epoch`` (resume mid-epoch)."""
@@ -180,6 +185,6 @@ class PretrainDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
-            persistent_workers=False,  # workers must see the new epoch set on the sampler
+            persistent_workers=workers > 0,  # the epoch reaches them through shared memory
             prefetch_factor=4 if workers > 0 else None,
         )

@@ -46,7 +46,8 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """centre <- m * centre + (1 - m) * mean over the GLOBAL batch (all ranks) of teacher logits."""
         batch_sum = teacher_out.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([teacher_out.shape[0]], device=teacher_out.device, dtype=torch.float32)
+        # new_full is a device-side fill: unlike torch.tensor([...], device=...) it never blocks the host.
+        count = batch_sum.new_full((1, 1), float(teacher_out.shape[0]))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)

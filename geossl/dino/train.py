@@ -174,7 +174,10 @@ def pretrain(
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         stats.save(run_dir / "stats.json")
     if cfg.trainer.compile:
-        module.model.student.backbone = torch.compile(module.model.student.backbone, dynamic=False)
+        # In-place Module.compile keeps state-dict keys, so compiled and eager runs share checkpoints.
+        # dynamic=False: one graph per crop resolution (global, local), compiled once each.
+        module.model.student.backbone.compile(dynamic=False)
+        module.model.teacher.backbone.compile(dynamic=False)
 
     status = "finished"
     with warnings.catch_warnings():
