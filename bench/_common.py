@@ -2,7 +2,7 @@
 
 Timing is honest by construction: the step is ``DINOModule.training_step`` plus its clipping and EMA
 hooks, run by ``lightning.Trainer.fit`` exactly as ``geossl.dino.train`` runs it (same precision rule,
-same ``torch.compile`` of the student backbone); the only device syncs we add are at the two ends of
+same ``apply_compile`` of both backbones); the only device syncs we add are at the two ends of
 the timed window. Imports nothing from kornia/rasterio/torchgeo (the GPU host has none of them).
 """
 
@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from geossl.config import Config, config_from_dict
 from geossl.dino.module import DINOModule
+from geossl.dino.train import apply_compile
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -66,11 +67,6 @@ def build_module(cfg: Config, in_chans: int, dataset_size: int, mean: list[float
              "p2": mean, "p98": mean}
     return DINOModule(config=cfg.to_dict(), in_chans=in_chans, band_names=stats["bands"], stats=stats,
                       dataset_size=dataset_size, value_range=list(value_range) if value_range else None)
-
-
-def apply_compile(module: DINOModule) -> None:
-    """Exactly what geossl.dino.train.pretrain does when trainer.compile is set."""
-    module.model.student.backbone = torch.compile(module.model.student.backbone, dynamic=False)
 
 
 def sync(device: torch.device) -> None:

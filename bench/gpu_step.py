@@ -5,8 +5,8 @@ teacher + student forward, loss; then per-parameter clipping, AdamW, EMA teacher
 step time, peak memory (``torch.cuda.max_memory_allocated``), model FLOP/s and MFU, where model
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step (an analytic
 ViT formula is printed beside it as a cross-check; MFU uses H100 bf16 dense peak 989 TFLOP/s).
-Compiled runs compile the student backbone as ``geossl.dino.train`` does (``dynamic=False``): the two
-crop sizes give two graphs in the first step, and ``recompiles`` counts any graph built later (must be 0).
+Compiled runs compile both backbones with ``geossl.dino.train.apply_compile`` (``dynamic=False``): the two
+crop sizes give two graphs per backbone in the first step, and ``recompiles`` counts any graph built later (must be 0).
 
     python bench/gpu_step.py                          # both presets, batch 64/128/256, eager + compiled
     python bench/gpu_step.py --config vits16_224 --batch-sizes 128 --compile 1

@@ -174,10 +174,7 @@ def pretrain(
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         stats.save(run_dir / "stats.json")
     if cfg.trainer.compile:
-        # In-place Module.compile keeps state-dict keys, so compiled and eager runs share checkpoints.
-        # dynamic=False: one graph per crop resolution (global, local), compiled once each.
-        module.model.student.backbone.compile(dynamic=False)
-        module.model.teacher.backbone.compile(dynamic=False)
+        apply_compile(module)
 
     status = "finished"
     with warnings.catch_warnings():
@@ -212,6 +209,13 @@ def pretrain(
         plot_curves(printer.history, knn.history if knn else [], run_dir / "curves.png")
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def apply_compile(module: DINOModule) -> None:
+    """torch.compile both backbones in place (keeps state-dict keys, so compiled and eager runs share
+    checkpoints); dynamic=False gives one graph per crop resolution, compiled once each."""
+    module.model.student.backbone.compile(dynamic=False)
+    module.model.teacher.backbone.compile(dynamic=False)
 
 
 def encoder_meta(cfg: Config, module: DINOModule, stats: Any) -> EncoderMeta:
