@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         print(summary_line(metrics), file=sys.stderr)
         probes[name] = metrics
 
-    _step("4/4 classify the NAIP scene (bands 1,2,3 = R,G,B; resampled to 10 m)")
+    _step("4/4 classify the NAIP scene (bands 1,2,3 = R,G,B; resampled to 10 m; stride 16)")
     scene_out = run_dir / "classify"
     scene = classify_scene(run_dir / "probe-pretrained" / "model", str(root / NAIP_SCENE), scene_out,
-                           bands=[1, 2, 3], overwrite=True)
+                           bands=[1, 2, 3], stride=16, overwrite=True)  # 160 m cells, overlapping windows
 
     pre_m, rnd_m = probes["pretrained"], probes["random-init"]
     print(scene.summary(), file=sys.stderr)
