@@ -210,26 +210,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; errors name the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def apply_override(obj: Any, keys: list[str], value: Any, text: str) -> None:
+    """Set the dotted ``keys`` of ``obj`` to ``value`` with the same checks as a YAML file."""
+    nested: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        nested = {k: nested}
+    merge_into(obj, nested, "", f"override '{text}'")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        merge_into(cfg, raw, "", str(path))
+        merge_into(cfg, read_yaml_mapping(path), "", str(path))
     for text in overrides or []:
         keys, value = parse_override(text)
-        nested: dict[str, Any] = {keys[-1]: value}
-        for k in reversed(keys[:-1]):
-            nested = {k: nested}
-        merge_into(cfg, nested, "", f"override '{text}'")
+        apply_override(cfg, keys, value, text)
     validate(cfg)
     return cfg
 

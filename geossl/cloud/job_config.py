@@ -16,9 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from geossl.config import Config, ConfigError, merge_into, parse_override
+from geossl.config import Config, ConfigError, apply_override, merge_into, parse_override, read_yaml_mapping
 
 # SageMaker: TrainingJobName ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$. The SDK appends "-YYYYmmddHHMMSS".
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -127,14 +125,7 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
     cfg = JobConfig()
     if path is not None:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: job config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "job config")
         if "source" in raw:
             raise ConfigError(f"{path}: unknown key 'source'")
         merge_into(cfg, raw, "", str(path))
@@ -144,10 +135,7 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
         keys, value = parse_override(text)
         if isinstance(value, int | float) and not isinstance(value, bool) and _wants_str(cfg, keys):
             value = text.split("=", 1)[1].strip()  # image.framework_version=2.10 means "2.10", not 2.1
-        nested: dict = {keys[-1]: value}
-        for k in reversed(keys[:-1]):
-            nested = {k: nested}
-        merge_into(cfg, nested, "", f"override '{text}'")
+        apply_override(cfg, keys, value, text)
     cfg.pretrain.overrides = [*cfg.pretrain.overrides, *training_overrides]
     validate_job_config(cfg)
     return cfg

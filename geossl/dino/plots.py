@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from geossl.io import atomic_path  # noqa: E402
+from geossl.plotting import save_png  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, float]], knn_history: list[dict[str, float]], out: Path) -> Path:
@@ -37,7 +37,4 @@ def plot_curves(history: list[dict[str, float]], knn_history: list[dict[str, flo
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=110)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geossl.io import atomic_path
 from geossl.models.encoder import Encoder
+from geossl.plotting import save_png
 
 
 def _last_attention(encoder: Encoder) -> torch.nn.Module:
@@ -116,10 +116,4 @@ def write_attention_png(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    try:
-        with atomic_path(out_png, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)

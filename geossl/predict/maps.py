@@ -21,6 +21,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.transform import Affine
 
 from geossl.io import atomic_path
+from geossl.plotting import save_png
 
 NODATA_CLASS = 255
 # Colours a map reader expects for the EuroSAT classes; anything else gets tab20 colours in order.
@@ -251,10 +252,4 @@ def write_preview(
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    out_png = Path(out_png)
-    try:
-        with atomic_path(out_png, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)

@@ -11,13 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from geossl.io import atomic_path  # noqa: E402
+from geossl.plotting import save_png
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_confusion(path: Path, cm: np.ndarray, classes: list[str], title: str) -> None:
