@@ -106,3 +106,21 @@ def test_band_count_mismatch_with_stats(tmp_path):
     stats.write_text(json.dumps(four))
     with pytest.raises(ValueError, match="band statistics have 4 bands .* the data has 3"):
         pretrain(tiny_config(data, stats), tmp_path / "run")
+
+
+class SigtermDuringEpochEnd(L.Callback):
+    """SIGTERM while epoch-end work runs (as the online k-NN does): no batch hook sees it."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_epoch_end_still_checkpoints(tmp_path):
+    data, stats = make_patch_folder(tmp_path / "patches", n_per_class=16)
+    cfg = tiny_config(data, stats, ["optim.epochs=3"])  # 4 steps per epoch
+    summary = pretrain(cfg, tmp_path / "run", callbacks=[SigtermDuringEpochEnd()])
+    assert summary["status"] == "interrupted" and summary["steps"] == 4
+    assert load_checkpoint_file(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 4
+    resumed = pretrain(cfg, tmp_path / "run")
+    assert resumed["status"] == "finished" and resumed["steps"] == 12

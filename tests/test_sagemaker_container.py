@@ -186,7 +186,8 @@ def _metric_steps(stdout: str) -> list[int]:
 @pytest.mark.slow
 def test_entry_point_checkpoints_on_sigterm_then_resumes_and_exports(tmp_path, channel):
     """The container run end to end: a spot interruption mid-epoch, then the restarted job finishes."""
-    hps = {"config": "configs/demo.yaml", "overrides": TINY, "channel": "train"}  # one epoch of ~6 steps
+    # 3 epochs of 8 steps: the signal, sent at step 2, lands mid-run however fast the machine is
+    hps = {"config": "configs/demo.yaml", "overrides": [*TINY, "optim.epochs=3"], "channel": "train"}
     env = sagemaker_env(tmp_path, channel, hps)
     proc = subprocess.Popen(entry_point(hps), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -208,7 +209,7 @@ def test_entry_point_checkpoints_on_sigterm_then_resumes_and_exports(tmp_path, c
     proc2 = subprocess.run(entry_point(hps), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
     summary = json.loads((tmp_path / "output" / "data" / "run" / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["epochs"] == 1.0 and summary["resumed_from"]
+    assert summary["status"] == "finished" and summary["epochs"] == 3.0 and summary["resumed_from"]
     assert saved < summary["steps"]
     assert _metric_steps(proc2.stdout) == list(range(saved + 1, summary["steps"] + 1))  # continued, not restarted
     assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()

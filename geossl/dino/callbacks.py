@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.config import EvalConfig
 
@@ -84,6 +85,16 @@ class SigtermCheckpoint(L.Callback):
             if trainer.is_global_zero:
                 print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
             trainer.should_stop = True
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        """A SIGTERM that lands during epoch-end work (k-NN, logging) makes Lightning raise at the epoch
+        boundary before any batch hook runs again: save there, the state is consistent."""
+        if isinstance(exception, SIGTERMException) and self.saved_at is None:
+            pl_module.check_finite()
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
+            self.saved_at = trainer.global_step
+            if trainer.is_global_zero:
+                print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):
