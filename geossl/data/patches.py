@@ -102,7 +102,7 @@ def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray
     return np.sort(order[:limit])
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | None]:
+def read_label_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | None]:
     """Rows of a ``path,label[,split]`` CSV, with errors naming the file."""
     try:
         with open(csv_path, newline="") as fh:
@@ -208,13 +208,13 @@ class PatchDataset(torch.utils.data.Dataset):
         if source.is_file():
             if source.suffix.lower() != ".csv":
                 raise ValueError(f"{source}: expected a folder or a .csv file (path,label[,split])")
-            return (*_read_csv(source), source)
+            return (*read_label_csv(source), source)
         if not source.is_dir():
             raise FileNotFoundError(f"{source}: no such folder or CSV file")
         if split is not None and (source / SPLITS_FILE).is_file():
-            return (*_read_csv(source / SPLITS_FILE), source / SPLITS_FILE)
+            return (*read_label_csv(source / SPLITS_FILE), source / SPLITS_FILE)
         if (source / LABELS_FILE).is_file():
-            return (*_read_csv(source / LABELS_FILE), source / LABELS_FILE)
+            return (*read_label_csv(source / LABELS_FILE), source / LABELS_FILE)
         paths, labels = _scan_class_folders(source)
         return paths, labels, None, source
 

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from geossl.data.patches import SPLIT_NAMES, PatchDataset, stratified_split
+from geossl.data.patches import SPLIT_NAMES, PatchDataset, read_label_csv, stratified_split
 from geossl.io import atomic_path, atomic_write_text
 from geossl.models.encoder import META_FILE, WEIGHTS_FILE, Encoder
 
@@ -61,25 +61,11 @@ class SplitTable:
 
 def _read_split_csv(csv_path: Path, base: Path) -> tuple[list[Path], list[str], list[str]]:
     """Rows of a ``path,label,split`` CSV; relative paths are resolved against ``base``."""
-    try:
-        with open(csv_path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            reader.fieldnames = fields
-            rows = list(reader)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{csv_path}: splits file not found") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{csv_path}: not a readable CSV ({exc})") from None
-    if not {"path", "label", "split"} <= set(fields):
-        raise ValueError(f"{csv_path}: expected columns path,label,split; got {fields}")
-    if not rows:
-        raise ValueError(f"{csv_path}: no rows")
+    raw_paths, raw_labels, raw_splits = read_label_csv(csv_path)
+    if raw_splits is None:
+        raise ValueError(f"{csv_path}: expected columns path,label,split; there is no split column")
     paths, labels, splits = [], [], []
-    for line, row in enumerate(rows, start=2):
-        p, lab, s = ((row.get(k) or "").strip() for k in ("path", "label", "split"))
-        if not p or not lab:
-            raise ValueError(f"{csv_path}: line {line}: empty path or label")
+    for line, (p, lab, s) in enumerate(zip(raw_paths, raw_labels, raw_splits, strict=True), start=2):
         if s not in (*SPLIT_NAMES, ""):  # an empty split leaves the row out (e.g. pretraining-only images)
             raise ValueError(f"{csv_path}: line {line}: unknown split {s!r} (expected one of {list(SPLIT_NAMES)})")
         if s:
