@@ -131,25 +131,15 @@ class KNNMonitor(L.Callback):
                                     classes=self.train_set.classes)
         self.history: list[dict[str, float]] = []
 
-    @torch.no_grad()
-    def _features(self, pl_module: Any, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=0)
-        teacher = pl_module.model.teacher.backbone
-        mean, std = pl_module.band_mean, pl_module.band_std.clamp_min(1e-6)
-        feats, labels = [], []
-        for batch in loader:
-            x = (batch["image"].to(pl_module.device).float() - mean) / std
-            feats.append(teacher(x).float())
-            labels.append(batch["label"].to(pl_module.device))
-        return torch.cat(feats), torch.cat(labels)
-
     def run(self, pl_module: Any) -> float:
+        from geossl.probe.features import extract_features
         from geossl.probe.knn import knn_top1
 
-        train_x, train_y = self._features(pl_module, self.train_set)
-        val_x, val_y = self._features(pl_module, self.val_set)
-        return knn_top1(train_x, train_y, val_x, val_y, len(self.train_set.classes), k=self.cfg.knn_k,
-                        temperature=self.cfg.knn_temperature)
+        encoder = pl_module.teacher_encoder()
+        train_x, val_x = (extract_features(encoder, data, "cls", device=pl_module.device, desc="online k-NN")
+                          for data in (self.train_set, self.val_set))
+        return knn_top1(train_x, torch.as_tensor(self.train_set.labels), val_x, torch.as_tensor(self.val_set.labels),
+                        len(self.train_set.classes), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         epoch = trainer.current_epoch + 1

@@ -15,6 +15,7 @@ from geossl.dino.data import steps_per_epoch
 from geossl.dino.loss import DINOLoss
 from geossl.dino.meta_arch import StudentTeacher
 from geossl.dino.schedules import cosine_schedule, linear_warmup_constant
+from geossl.models.encoder import Encoder, EncoderMeta
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,6 +177,25 @@ class DINOModule(L.LightningModule):
         step = self.global_step  # not yet incremented for this step
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.model.update_teacher(self.schedule_value("momentum", step))
+
+    def teacher_encoder(self) -> Encoder:
+        """The EMA teacher as an :class:`Encoder` (DINO evaluates and exports the teacher): the online
+        k-NN and the export see the same backbone, normalisation and description."""
+        cfg, stats = self.cfg, self.hparams.stats
+        backbone = self.model.teacher.backbone
+        patch = backbone.patch_embed.patch_size
+        meta = EncoderMeta(
+            timm_name=cfg.model.arch,
+            timm_kwargs=dict(self.model.backbone_kwargs),
+            bands=list(stats["bands"]),
+            mean=list(stats["mean"]), std=list(stats["std"]), p2=stats.get("p2"), p98=stats.get("p98"),
+            patch_size=int(patch[0] if isinstance(patch, tuple | list) else patch),
+            img_size=cfg.augment.global_size,
+            embed_dim=self.model.embed_dim,
+            gsd=cfg.data.gsd,
+            extra={"steps": int(self.global_step), "config": cfg.to_dict()},
+        )
+        return Encoder(backbone, meta)
 
     def check_finite(self) -> None:
         """Raise if any step so far produced a non-finite loss (called every few steps and before saving)."""

@@ -43,7 +43,7 @@ from geossl.dino.data import (
 )
 from geossl.dino.module import DINOModule
 from geossl.io import atomic_write_json, atomic_write_text, read_json
-from geossl.models.encoder import EncoderMeta, export_encoder
+from geossl.models.encoder import export_encoder
 
 log = logging.getLogger("geossl")
 
@@ -202,7 +202,7 @@ def pretrain(
     }
     if trainer.is_global_zero:
         if status == "finished":
-            export_encoder(module.model.teacher.backbone, encoder_meta(cfg, module, stats), export_dir)
+            export_encoder(module.model.teacher.backbone, module.teacher_encoder().meta, export_dir)
             summary["encoder_dir"] = str(export_dir)
         from geossl.dino.plots import plot_curves
 
@@ -216,20 +216,3 @@ def apply_compile(module: DINOModule) -> None:
     checkpoints); dynamic=False gives one graph per crop resolution, compiled once each."""
     module.model.student.backbone.compile(dynamic=False)
     module.model.teacher.backbone.compile(dynamic=False)
-
-
-def encoder_meta(cfg: Config, module: DINOModule, stats: Any) -> EncoderMeta:
-    """Describe the exported teacher backbone: how to rebuild it and what inputs it expects."""
-    backbone = module.model.teacher.backbone
-    patch = backbone.patch_embed.patch_size
-    return EncoderMeta(
-        timm_name=cfg.model.arch,
-        timm_kwargs=dict(module.model.backbone_kwargs),
-        bands=list(stats.bands),
-        mean=list(stats.mean), std=list(stats.std), p2=list(stats.p2), p98=list(stats.p98),
-        patch_size=int(patch[0] if isinstance(patch, tuple | list) else patch),
-        img_size=cfg.augment.global_size,
-        embed_dim=module.model.embed_dim,
-        gsd=cfg.data.gsd,
-        extra={"steps": module.global_step, "config": cfg.to_dict()},
-    )
