@@ -45,20 +45,30 @@ def test_demo_pretrain_probe_classify(shared_data, tmp_path, capsys):
                "--labels-per-class", "5,all", "--seeds", "1", *TINY])
     assert rc == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert "geossl demo: pretrained" in capsys.readouterr().err  # the one-line summary
+    err = capsys.readouterr().err
+    # the one-line summary shows the encoder beside both baselines and states the gain over the best one
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("geossl demo: pretrained")]
+    assert "encoder" in line and "band statistics" in line and "random init" in line and "vs best baseline" in line
 
     # pretraining wrote its artefacts
     for name in ("encoder/model.safetensors", "encoder/geossl.json", "curves.png", "checkpoints/last.ckpt",
                  "logs/csv/metrics.csv", "summary.json"):
         assert (run / "pretrain" / name).exists(), name
     # the probe beats chance (10 classes, 100 test patches) by a margin that luck cannot explain
-    metrics = json.loads((run / "probe-pretrained/metrics.json").read_text())
+    metrics = json.loads((run / "probe/metrics.json").read_text())
     n_test = metrics["counts"]["test"]["total"]
     assert n_test == 100
     correct = round(metrics["linear_top1"] * n_test)
     assert p_value_at_least(correct, n_test, 0.1) < 1e-6, f"linear top-1 {metrics['linear_top1']}"
-    assert summary["random_init"]["linear_top1"] > 0 and "gain_linear_points" in summary
-    assert (run / "probe-pretrained/label_efficiency.png").exists()
+    assert set(summary["top1"]) == {"encoder", "band-statistics", "random-init"}
+    assert summary["top1"]["encoder"]["linear"] == metrics["linear_top1"]
+    for name in ("band-statistics", "random-init"):
+        assert summary["top1"][name]["linear"] == metrics["baselines"][name]["linear_top1"]
+    best = max(metrics["baselines"].values(), key=lambda b: b["linear_top1"])["linear_top1"]
+    assert summary["gain_over_best_baseline"]["linear_points"] == round(100 * (metrics["linear_top1"] - best), 2)
+    eff = json.loads((run / "probe/label_efficiency.json").read_text())
+    assert set(eff["curves"]) == {"pretrained", "random-init", "band-statistics"}
+    assert (run / "probe/label_efficiency.png").exists()
 
     # the NAIP scene was classified into a map in the scene's CRS
     with rasterio.open(summary["scene_map"]) as dst, rasterio.open(shared_data / "scenes/naip_5m_north_dakota_2019.tif") as src:

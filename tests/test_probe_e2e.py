@@ -21,7 +21,8 @@ from geossl.models.landcover import load_landcover_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"linear_top1", "knn_top1", "linear_val_top1", "macro_f1", "feature_recipe", "encoder", "encoder_kind",
-               "counts", "linear", "knn", "model_dir", "wall_seconds", "classes", "cache"}
+               "counts", "linear", "knn", "model_dir", "wall_seconds", "classes", "cache", "baselines",
+               "gain_over_best_baseline"}
 
 
 def is_png(path: Path) -> bool:
@@ -62,7 +63,7 @@ def test_probe_cli_outputs_label_efficiency_and_random_baseline(tmp_path: Path, 
     assert metrics["cache"]["hit"] is False
 
     eff = json.loads((tmp_path / "out" / "label_efficiency.json").read_text())
-    assert eff["budgets"] == [1, 3, "all"] and set(eff["curves"]) == {"pretrained", "random-init"}
+    assert eff["budgets"] == [1, 3, "all"] and set(eff["curves"]) == {"pretrained", "random-init", "band-statistics"}
     for curve in eff["curves"].values():
         assert [len(r) for r in curve["linear"]["runs"]] == [2, 2, 1]  # "all" has one subset
         assert len(curve["linear"]["mean"]) == len(curve["knn"]["std"]) == 3
@@ -145,6 +146,8 @@ def test_probe_real_eurosat_rgb(tmp_path: Path, shared_data: Path) -> None:
     enc = make_encoder(tmp_path / "enc", mean=RGB_MEAN, std=RGB_STD, img_size=64, seed=7)
     metrics = probe_real(tmp_path, data, enc, small_splits(rows, tmp_path / "splits.csv", PER))
     assert metrics["counts"]["test"]["total"] == 100 and metrics["feature_dim"] == 4 * 192
+    # real colour statistics of real patches are far above chance too: the bar every encoder must clear
+    assert metrics["baselines"]["band-statistics"]["linear_top1"] * 100 >= min_correct_beyond_chance(100, 0.1)
     # The saved model reproduces the probe on raw pixels.
     model = load_landcover_model(tmp_path / "out" / "model")
     ds = PatchDataset(tmp_path / "out" / "splits.csv", split="test", classes=model.classes)
@@ -167,6 +170,7 @@ def test_probe_real_eurosat_ms_13_bands(tmp_path: Path, shared_data: Path) -> No
     metrics = probe_real(tmp_path, data, enc, splits)
     assert metrics["counts"]["test"]["total"] == 100
     assert load_landcover_model(tmp_path / "out" / "model").meta.in_chans == 13
+    assert metrics["baselines"]["band-statistics"]["feature_dim"] == 7 * 13
 
 
 def test_bench_quality_reuse_prints_json_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -185,9 +189,12 @@ def test_bench_quality_reuse_prints_json_last(tmp_path: Path, capsys: pytest.Cap
                          "--device", "cpu", "--workers", "0", "--reuse"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["epochs"] == 3.0 and result["pretrain_wall_s"] == 4.5 and result["machine"].startswith(("CPU", "GPU"))
-    for name in ("pretrained", "random_init"):
-        assert 0.0 <= result[name]["linear_top1"] <= 1.0 and 0.0 <= result[name]["knn_top1"] <= 1.0
-    assert result["pretrained"]["linear_top1"] == 1.0  # colour-coded classes
-    assert (run / "probe-pretrained" / "metrics.json").is_file() and (run / "probe-random_init" / "model").is_dir()
+    assert set(result["baselines"]) == {"band-statistics", "random-init"}
+    for row in (result["encoder"], *result["baselines"].values()):
+        assert 0.0 <= row["linear_top1"] <= 1.0 and 0.0 <= row["knn_top1"] <= 1.0
+    assert result["encoder"]["linear_top1"] == 1.0  # colour-coded classes
+    assert result["gain_over_best_baseline"]["linear_points"] == pytest.approx(
+        100 * (1.0 - max(b["linear_top1"] for b in result["baselines"].values())))
+    assert (run / "probe" / "metrics.json").is_file() and (run / "probe" / "model").is_dir()
     with pytest.raises(SystemExit, match="summary.json not found"):
         quality.main(["--config", "c.yaml", "--run-dir", str(tmp_path / "empty"), "--reuse"])

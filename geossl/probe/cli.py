@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                         help="data-loading worker processes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--no-random-baseline", action="store_true",
+                        help="skip the random-init baseline (the band-statistics baseline always runs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        random_baseline=not args.no_random_baseline,
     )
     metrics = run_probe(opts)
     print(summary_line(metrics))

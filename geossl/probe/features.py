@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,16 +176,40 @@ def _hash_into(digest: hashlib._Hash, path: Path) -> None:
             digest.update(chunk)
 
 
-def cache_key(encoder_dir: Path, recipe: str, paths: list[Path]) -> str:
-    """Hash of weights + geossl.json + recipe + file list (with sizes and mtimes, so edited files count)."""
+def cache_key(encoder_dir: Path | None, recipe: str, paths: list[Path]) -> str:
+    """Hash of weights + geossl.json (when an encoder computes the features) + recipe + file list (with
+    sizes and mtimes, so edited files count)."""
     digest = hashlib.sha256()
-    for name in (WEIGHTS_FILE, META_FILE):
+    for name in (WEIGHTS_FILE, META_FILE) if encoder_dir is not None else ():
         _hash_into(digest, encoder_dir / name)
     digest.update(f"\0recipe={recipe}\0".encode())
     for p in paths:
         st = p.stat()
         digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def map_dataset(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: PatchDataset,
+    dim: int,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+) -> torch.Tensor:
+    """``fn`` over every image batch of ``dataset``: (N, dim) float32 on the CPU, in dataset order, with a bar."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    out = torch.empty(len(dataset), dim, dtype=torch.float32)
+    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            out[batch["index"]] = fn(x).float().cpu()
+            bar.update(x.shape[0])
+    return out
 
 
 def extract_features(
@@ -196,19 +221,10 @@ def extract_features(
     device: str | torch.device = "cpu",
     desc: str = "features",
 ) -> torch.Tensor:
-    """Features (N, D) float32 on the CPU, in dataset order; batched, under inference_mode, with a bar."""
+    """Encoder features (N, D) float32 on the CPU, in dataset order; batched, under inference_mode."""
     encoder = encoder.to(device).eval()
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-    )
-    out = torch.empty(len(dataset), encoder.feature_dim(recipe), dtype=torch.float32)
-    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            out[batch["index"]] = encoder.features(x, recipe).float().cpu()
-            bar.update(x.shape[0])
-    return out
+    return map_dataset(lambda x: encoder.features(x, recipe), dataset, encoder.feature_dim(recipe),
+                       batch_size, num_workers, device, desc)
 
 
 def cached_features(
@@ -223,8 +239,24 @@ def cached_features(
     desc: str = "features",
 ) -> tuple[torch.Tensor, dict[str, object]]:
     """Features of every row of ``table``, from ``cache_dir`` when the key matches, else extracted + stored."""
+
+    def extract(dataset: PatchDataset) -> torch.Tensor:
+        check_compatible(encoder, dataset, str(encoder_dir), table.source)
+        check_recipe(encoder, recipe)
+        return extract_features(encoder, dataset, recipe, batch_size, num_workers, device, desc)
+
+    return cached_table_features(cache_key(encoder_dir, recipe, table.paths), table, cache_dir, recipe, extract)
+
+
+def cached_table_features(
+    key: str,
+    table: SplitTable,
+    cache_dir: Path,
+    recipe: str,
+    compute: Callable[[PatchDataset], torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, object]]:
+    """The one feature cache: ``compute`` over the table's files runs only when no entry matches ``key``."""
     start = time.perf_counter()
-    key = cache_key(encoder_dir, recipe, table.paths)
     path = Path(cache_dir) / f"features-{key}.safetensors"
     if path.is_file():
         try:
@@ -234,9 +266,7 @@ def cached_features(
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             pass
     dataset = PatchDataset(_table_csv(table, Path(cache_dir), key), classes=table.classes)
-    check_compatible(encoder, dataset, str(encoder_dir), table.source)
-    check_recipe(encoder, recipe)
-    feats = extract_features(encoder, dataset, recipe, batch_size, num_workers, device, desc)
+    feats = compute(dataset)
     with atomic_path(path, suffix=".safetensors") as tmp:
         safetensors.torch.save_file({"features": feats.contiguous()}, str(tmp), metadata={"recipe": recipe})
     return feats, {"hit": False, "path": str(path), "seconds": time.perf_counter() - start}
