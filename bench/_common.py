@@ -258,3 +258,64 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]])
 def print_json(payload: dict[str, Any]) -> None:
     """The machine-readable result: always the LAST line of stdout."""
     print(json.dumps(payload, separators=(",", ":")), flush=True)
+
+
+# --- sizing a pretraining run to a time budget (bench/gpu_suite.py) ------------------------------------------
+
+
+class WindowClock(L.Callback):
+    """Seconds between the ends of steps ``first`` and ``last`` of a real run, a device sync at both ends only."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.marks: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step in (self.first, self.last):
+            sync(module.device)
+            self.marks[trainer.global_step] = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.marks[self.last] - self.marks[self.first]
+
+
+def recipe_throughput(config: str, overrides: list[str], steps: int, skip: int) -> dict[str, Any]:
+    """Training img/s of a config as ``geossl pretrain`` runs it (real loader, module, Trainer, precision).
+
+    A throwaway run of ``steps`` steps in a temporary folder; steps ``skip``..``steps`` are timed, so
+    start-up (workers, first-batch allocations) is excluded but loader stalls are not.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from geossl.config import load_config
+    from geossl.dino.train import pretrain
+
+    if not 0 < skip < steps:
+        raise ValueError(f"need 0 < skip < steps, got skip={skip}, steps={steps}")
+    clock = WindowClock(skip, steps)
+    cfg = load_config(config, [*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=null",
+                               "eval.knn_data=null", "trainer.progress_bar=false",
+                               "trainer.checkpoint_every_steps=1000000000"])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="geossl-throughput-") as tmp:
+        summary = pretrain(cfg, Path(tmp) / "run", resume="never", callbacks=[clock])
+    if len(clock.marks) != 2:
+        raise RuntimeError(f"throughput run stopped at step {summary['steps']} before step {steps}: "
+                           "the data holds fewer batches than the timed window")
+    batch = cfg.data.batch_size
+    return {"img_per_s": (steps - skip) * batch / clock.seconds, "timed_steps": steps - skip, "batch_size": batch,
+            "wall_s": time.perf_counter() - start}
+
+
+def sized_overrides(images: float, n_train: int, batch: int, min_epochs: int = 2) -> tuple[list[str], dict[str, int]]:
+    """``data.limit`` and ``optim.epochs`` so that limit x epochs ~ ``images``: the whole schedule fits.
+
+    All ``n_train`` images per epoch when the budget allows at least ``min_epochs`` of them, else a
+    class-balanced subset (at least 4 batches) seen ``min_epochs`` times.
+    """
+    epochs = max(min_epochs, math.ceil(images / n_train))
+    limit = int(min(n_train, max(batch * 4, images / epochs)))
+    steps = epochs * (limit // batch)
+    return [f"data.limit={limit}", f"optim.epochs={epochs}"], {"epochs": epochs, "limit": limit, "steps": steps}

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from PIL import Image, UnidentifiedImageError
-from rasterio.errors import RasterioError
 
 from geossl.settings import resolve_data_path
 
@@ -42,6 +42,23 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float32,  # imagery never needs 53-bit mantissas; halves memory and transfer
 }
+
+
+def _rasterio(path: Path) -> ModuleType:
+    """rasterio, imported on the first GeoTIFF only: JPEG/PNG datasets (EuroSAT RGB) must train and probe
+    on hosts without GDAL (the GPU benchmark host has none); a GeoTIFF there fails naming the file."""
+    try:
+        import rasterio
+    except ImportError as exc:
+        raise RuntimeError(f"{path}: reading GeoTIFF patches needs rasterio, which is not installed ({exc})") from None
+    return rasterio
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this file is not a readable image"; RasterioError only once rasterio is loaded."""
+    errors: tuple[type[BaseException], ...] = (UnidentifiedImageError, OSError, SyntaxError)
+    rio_errors = sys.modules.get("rasterio.errors")
+    return (*errors, rio_errors.RasterioError) if rio_errors is not None else errors
 
 
 def compact_torch_dtype(numpy_dtype: str | np.dtype) -> torch.dtype:
@@ -229,11 +246,11 @@ class PatchDataset(torch.utils.data.Dataset):
         """(band count, numpy dtype name) of one file, from its header only."""
         try:
             if path.suffix.lower() in RASTERIO_EXTS:
-                with rasterio.open(path) as src:
+                with _rasterio(path).open(path) as src:
                     return src.count, src.dtypes[0]
             with Image.open(path) as img:
                 return _pil_layout(img, path)
-        except (RasterioError, UnidentifiedImageError, OSError) as exc:
+        except _decode_errors() as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
 
     def _check_bands(self, bands: list[int] | None) -> list[int] | None:
@@ -272,7 +289,7 @@ class PatchDataset(torch.utils.data.Dataset):
         """(C,H,W) array of the selected bands of one file, in the file's dtype; errors name the file."""
         try:
             if path.suffix.lower() in RASTERIO_EXTS:
-                with rasterio.open(path) as src:
+                with _rasterio(path).open(path) as src:
                     self._check_layout(path, src.count, src.dtypes[0])
                     return src.read(self.bands)
             with Image.open(path) as img:
@@ -281,7 +298,7 @@ class PatchDataset(torch.utils.data.Dataset):
                 if img.mode in ("P", "PA", "1"):
                     img = img.convert(_PIL_CONVERT[img.mode] if img.mode != "P" or "transparency" not in img.info else "RGBA")
                 array = np.asarray(img)
-        except (RasterioError, UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except _decode_errors() as exc:
             raise ValueError(f"{path}: not a readable image or truncated ({exc})") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return array if self.bands is None else array[[b - 1 for b in self.bands]]

@@ -138,7 +138,6 @@ def compute_stats(
     import torch
 
     from geossl.data.patches import PatchDataset
-    from geossl.data.scenes import RandomTileDataset
 
     kind = detect_kind(source) if kind == "auto" else kind
     if kind == "patches":
@@ -148,6 +147,9 @@ def compute_stats(
         dataset: torch.utils.data.Dataset = PatchDataset(patch_source, bands=bands, limit=n_tiles, seed=seed)
         sources = [str(patch_source)]
     elif kind == "scenes":
+        # Imported here: scenes need rasterio/GDAL, JPEG patches must not (the GPU host has no GDAL).
+        from geossl.data.scenes import RandomTileDataset
+
         dataset = RandomTileDataset(
             source if isinstance(source, list) else str(source), tile_size=tile_size, length=n_tiles,
             bands=bands, min_valid_fraction=0.0, seed=seed,
