@@ -56,6 +56,9 @@ class HeadConfig:
     n_layers: int = 3
     norm_last_layer: bool = False  # the best ViT-S runs used False
     freeze_last_layer_epochs: float = 1.0  # student last layer gets no update for this long
+    # iBOT patch tokens go through their own DINOHead (DINOv2's default) or through the DINO head
+    # (iBOT's shared head). Only read when loss.ibot_weight > 0; same sizes as the DINO head.
+    ibot_separate_head: bool = True
 
 
 @dataclass
@@ -81,7 +84,21 @@ class LossConfig:
     teacher_temp: float = 0.07  # final value; above 0.07 is unstable
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: float = 30
-    center_momentum: float = 0.9
+    center_momentum: float = 0.9  # EMA of the teacher centre (DINO and iBOT patch centres alike)
+    # DINOv2 family (Oquab et al. 2023), all off by default until measured on our data:
+    # "center" = DINO's EMA centre; "sinkhorn_knopp" = SwAV's 3-step equipartition of the teacher
+    # batch (DINOv2), for both the DINO CLS and the iBOT patch targets.
+    centering: str = "center"
+    sk_iterations: int = 3  # Sinkhorn-Knopp iterations (DINOv2: 3)
+    # KoLeo (Sablayrolles et al. 2019) on the student's L2-normalised CLS embeddings of each global
+    # crop, summed over the two crops as DINOv2 does; DINOv2 uses 0.1. 0 disables it.
+    koleo_weight: float = 0.0
+    # iBOT masked-patch loss (Zhou et al. 2022); DINOv2 uses 1.0. 0 disables it and builds no mask
+    # token, patch head or patch centre, so checkpoints keep today's keys.
+    ibot_weight: float = 0.0
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # per-image ratio range
+    ibot_mask_probability: float = 0.5  # fraction of global crops that are masked at all
+    ibot_mask_mode: str = "block"  # "block" (BEiT/DINOv2 rectangles) | "random" (independent patches)
 
 
 @dataclass
@@ -267,3 +284,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError("key 'loss.teacher_temp': values above 0.07 are unstable (DINO paper)")
     if cfg.data.batch_size < 1 or cfg.optim.epochs < 1:
         raise ConfigError("keys 'data.batch_size' and 'optim.epochs' must be >= 1")
+    _validate_dinov2_losses(cfg)
+
+
+def _validate_dinov2_losses(cfg: Config) -> None:
+    """KoLeo, Sinkhorn-Knopp and iBOT keys (DINOv2 family)."""
+    loss = cfg.loss
+    if loss.centering not in ("center", "sinkhorn_knopp"):
+        raise ConfigError(f"key 'loss.centering': expected 'center' or 'sinkhorn_knopp', got {loss.centering!r}")
+    if loss.sk_iterations < 1:
+        raise ConfigError("key 'loss.sk_iterations': must be >= 1")
+    for name in ("koleo_weight", "ibot_weight"):
+        if getattr(loss, name) < 0:
+            raise ConfigError(f"key 'loss.{name}': must be >= 0 (0 disables the term)")
+    if loss.koleo_weight > 0 and cfg.data.batch_size < 2:
+        raise ConfigError("key 'loss.koleo_weight': KoLeo needs a nearest neighbour, so data.batch_size >= 2")
+    ratio = loss.ibot_mask_ratio
+    if len(ratio) != 2 or not 0 <= ratio[0] <= ratio[1] <= 1:
+        raise ConfigError("key 'loss.ibot_mask_ratio': expected [low, high] with 0 <= low <= high <= 1")
+    if not 0 <= loss.ibot_mask_probability <= 1:
+        raise ConfigError("key 'loss.ibot_mask_probability': expected a probability in [0, 1]")
+    if loss.ibot_mask_mode not in ("block", "random"):
+        raise ConfigError(f"key 'loss.ibot_mask_mode': expected 'block' or 'random', got {loss.ibot_mask_mode!r}")

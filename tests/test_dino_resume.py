@@ -124,3 +124,22 @@ def test_sigterm_during_epoch_end_still_checkpoints(tmp_path):
     assert load_checkpoint_file(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 4
     resumed = pretrain(cfg, tmp_path / "run")
     assert resumed["status"] == "finished" and resumed["steps"] == 12
+
+
+def test_checkpoint_from_before_a_new_config_key_still_resumes(tmp_path):
+    """A key added to geossl later (here head.ibot_separate_head) is filled with its default, not a mismatch."""
+    from geossl.dino.train import check_resume_compatible
+
+    data, stats = make_patch_folder(tmp_path / "patches", n_per_class=8)
+    cfg = tiny_config(data, stats, ["optim.epochs=2"])
+    assert pretrain(cfg, tmp_path / "run", callbacks=[SigtermAt(1)])["status"] == "interrupted"
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    state = load_checkpoint_file(ckpt)
+    del state["hyper_parameters"]["config"]["head"]["ibot_separate_head"]  # as written before the key existed
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    args = {"config": cfg.to_dict(), "in_chans": state["hyper_parameters"]["in_chans"]}
+    check_resume_compatible(old, args)  # no error
+    args["config"]["head"]["ibot_separate_head"] = False  # a real difference is still refused
+    with pytest.raises(ValueError, match="checkpoint was trained with head="):
+        check_resume_compatible(old, args)

@@ -1,5 +1,6 @@
-"""The DINO LightningModule: one training step = GPU multi-crop, teacher and student forward, loss,
-schedules set per step, per-parameter clipping of unscaled gradients, last-layer freeze, EMA teacher."""
+"""The DINO LightningModule: one training step = GPU multi-crop, teacher and student forward, loss (DINO,
+plus optional DINOv2 terms: KoLeo, iBOT masked patches), schedules set per step, per-parameter clipping of
+unscaled gradients, last-layer freeze, EMA teacher."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import torch
 from geossl.augment import MultiCropAugment
 from geossl.config import config_from_dict
 from geossl.dino.data import steps_per_epoch
+from geossl.dino.ibot import IBOTPatchLoss, PatchMasks
+from geossl.dino.koleo import koleo_loss
 from geossl.dino.loss import DINOLoss
-from geossl.dino.meta_arch import StudentTeacher
+from geossl.dino.masking import draw_masks
+from geossl.dino.meta_arch import StudentTeacher, ViewOutputs
 from geossl.dino.schedules import cosine_schedule, linear_warmup_constant
+from geossl.models.backbone import effective_patch_size
 from geossl.models.encoder import Encoder, EncoderMeta
+
+N_GLOBAL = 2  # global crops: the teacher's views, the student's masked views (iBOT) and KoLeo's batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +50,14 @@ class DINOModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = cfg = config_from_dict(config, "checkpoint hyperparameters")
         self.model = StudentTeacher(cfg, in_chans)
-        self.dino_loss = DINOLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum)
+        self.dino_loss = DINOLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum,
+                                  cfg.loss.centering, cfg.loss.sk_iterations)
+        # Only built when used, so a run without iBOT keeps today's checkpoint keys.
+        self.ibot_loss = (
+            IBOTPatchLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum,
+                          cfg.loss.centering, cfg.loss.sk_iterations)
+            if cfg.loss.ibot_weight > 0 else None
+        )
         self.augment = MultiCropAugment(
             cfg.augment, stats["mean"], stats["std"], tuple(value_range) if value_range else None
         )
@@ -117,32 +131,75 @@ class DINOModule(L.LightningModule):
         if "mask" in batch:  # nodata pixels become the band mean, i.e. 0 after normalisation
             images = torch.where(batch["mask"].unsqueeze(1), images.float(), self.band_mean)
         crops = self.augment(images, generator=generator)
-        n_global = 2
-        with torch.no_grad():
-            teacher_out, teacher_embeddings = self.model.teacher(crops[:n_global])
-        student_out, _ = self.model.student(crops)
         teacher_temp = self.schedule_value("teacher_temp", step)
-        loss = self.dino_loss(student_out, teacher_out, teacher_temp)
+        masks = self.draw_patch_masks(crops[0], seed) if self.ibot_loss is not None else None
+        terms, teacher = self.compute_losses(crops, teacher_temp, masks)
+        loss = terms["loss"]
         self.nonfinite_steps += (~torch.isfinite(loss.detach())).long()
 
         if (step + 1) % self.cfg.trainer.log_every_steps == 0 or step == 0:  # read by MetricPrinter after this step
-            self._log_monitors(loss, teacher_out, teacher_embeddings, teacher_temp, step)
+            self._log_monitors(terms, teacher.head, teacher.first_embeddings, teacher_temp, step)
         return loss
+
+    def draw_patch_masks(self, global_crop: torch.Tensor, seed: int) -> PatchMasks:
+        """iBOT masks for the N_GLOBAL * B global crops of this step (see :mod:`geossl.dino.masking`).
+
+        Drawn on the CPU from a generator seeded by the step's seed (a stream of its own, so masks are
+        independent of the crops yet replayed exactly on resume), as DINOv2 draws them in its collate.
+        """
+        cfg = self.cfg.loss
+        grid = self.model.student.backbone.patch_embed.dynamic_feat_size(tuple(global_crop.shape[-2:]))
+        generator = torch.Generator().manual_seed((seed * 6_364_136_223_846_793_005 + 1) % (2**63 - 1))
+        masks = draw_masks(N_GLOBAL * global_crop.shape[0], grid, cfg.ibot_mask_ratio, cfg.ibot_mask_probability,
+                           cfg.ibot_mask_mode, generator)
+        return PatchMasks.from_masks(masks, self.device)
+
+    def compute_losses(
+        self, crops: list[torch.Tensor], teacher_temp: float, masks: PatchMasks | None = None,
+    ) -> tuple[dict[str, torch.Tensor], ViewOutputs]:
+        """The step's loss terms and the teacher's outputs (for the monitors).
+
+        total = DINO + ``koleo_weight`` * KoLeo + ``ibot_weight`` * iBOT (DINOv2's weighted sum). The
+        student sees the global crops masked when ``masks`` is given (iBOT); the teacher never does.
+        Returns ``{"loss": total, "dino": ..., "koleo": ..., "ibot": ...}`` with the active terms.
+        """
+        cfg = self.cfg.loss
+        index = masks.index if masks is not None else None
+        with torch.no_grad():
+            teacher = self.model.teacher.forward_views(crops[:N_GLOBAL], N_GLOBAL, patch_index=index)
+        student = self.model.student.forward_views(
+            crops, N_GLOBAL, masks=masks.masks if masks is not None else None, patch_index=index
+        )
+        loss = self.dino_loss(student.head, teacher.head, teacher_temp)
+        terms = {"dino": loss}
+        if cfg.koleo_weight > 0:  # per global crop, summed (DINOv2)
+            terms["koleo"] = sum((koleo_loss(e) for e in student.first_embeddings.chunk(N_GLOBAL)), loss.new_zeros(()))
+            loss = loss + cfg.koleo_weight * terms["koleo"]
+        if self.ibot_loss is not None:
+            assert masks is not None and student.patch_head is not None and teacher.patch_head is not None
+            terms["ibot"] = self.ibot_loss(student.patch_head, teacher.patch_head, masks.weight, teacher_temp)
+            loss = loss + cfg.ibot_weight * terms["ibot"]
+        terms["loss"] = loss
+        return terms, teacher
 
     @torch.no_grad()
     def _log_monitors(
-        self, loss: torch.Tensor, teacher_out: list[torch.Tensor], embeddings: torch.Tensor,
+        self, terms: dict[str, torch.Tensor], teacher_out: list[torch.Tensor], embeddings: torch.Tensor,
         teacher_temp: float, step: int,
     ) -> None:
-        """Collapse monitors (std of normalised teacher embeddings; teacher entropy) every few steps only."""
+        """Collapse monitors (std of normalised teacher embeddings; teacher entropy) every few steps only;
+        each loss term as ``loss_<term>`` when more than the DINO term is active."""
         normalized = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-        probs = torch.softmax((torch.cat(teacher_out).float() - self.dino_loss.center) / teacher_temp, dim=-1)
+        probs = torch.cat(self.dino_loss.teacher_probs(teacher_out, teacher_temp))  # as the loss centres it
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean()
+        loss = terms["loss"]
         self.monitors = {
             "loss": loss.detach(),
             "teacher_std": normalized.std(dim=0).mean(),
             "teacher_entropy": entropy,
         }
+        if len(terms) > 2:
+            self.monitors.update({f"loss_{k}": v.detach() for k, v in terms.items() if k != "loss"})
         values = {f"train/{k}": v for k, v in self.monitors.items()}
         values.update({
             "train/lr": self.schedule_value("lr", step),
@@ -183,13 +240,12 @@ class DINOModule(L.LightningModule):
         k-NN and the export see the same backbone, normalisation and description."""
         cfg, stats = self.cfg, self.hparams.stats
         backbone = self.model.teacher.backbone
-        patch = backbone.patch_embed.patch_size
         meta = EncoderMeta(
             timm_name=cfg.model.arch,
             timm_kwargs=dict(self.model.backbone_kwargs),
             bands=list(stats["bands"]),
             mean=list(stats["mean"]), std=list(stats["std"]), p2=stats.get("p2"), p98=stats.get("p98"),
-            patch_size=int(patch[0] if isinstance(patch, tuple | list) else patch),
+            patch_size=effective_patch_size(backbone),
             img_size=cfg.augment.global_size,
             embed_dim=self.model.embed_dim,
             gsd=cfg.data.gsd,

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from geossl.config import Config
+from geossl.config import Config, config_from_dict
 from geossl.dino.callbacks import (
     FinalCheckpoint,
     FiniteModelCheckpoint,
@@ -67,7 +67,9 @@ def _precision(cfg: Config, accelerator: str) -> str:
 def check_resume_compatible(ckpt: Path, module_args: dict[str, Any]) -> None:
     """A checkpoint of another architecture or band count is refused with the difference named."""
     hparams = load_checkpoint_file(ckpt).get("hyper_parameters", {})
-    old_cfg, new_cfg = hparams.get("config", {}), module_args["config"]
+    # Defaults filled in first: a key added to geossl since the checkpoint was written is not a difference.
+    old_cfg = config_from_dict(hparams.get("config", {}), str(ckpt)).to_dict()
+    new_cfg = module_args["config"]
     for section in ("model", "head"):
         if old_cfg.get(section) != new_cfg[section]:
             raise ValueError(f"{ckpt}: checkpoint was trained with {section}={old_cfg.get(section)}, "

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import timm
+import torch
 import torch.nn as nn
+from timm.models import checkpoint_seq
+from timm.models.vision_transformer import VisionTransformer
 
 
 def backbone_kwargs(
@@ -39,3 +42,51 @@ def create_backbone(arch: str, kwargs: dict[str, Any], drop_path_rate: float = 0
         return timm.create_model(arch, pretrained=False, drop_path_rate=drop_path_rate, **kwargs)
     except RuntimeError as exc:
         raise ValueError(f"model.arch: timm cannot create {arch!r} ({exc})") from None
+
+
+def check_maskable(vit: nn.Module) -> None:
+    """Refuse backbones :func:`forward_features_masked` cannot serve (iBOT needs one token per patch)."""
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"loss.ibot_weight: masked-patch training needs a timm VisionTransformer, got "
+                         f"{type(vit).__name__} (set loss.ibot_weight=0 or use e.g. vit_small_patch16_224)")
+    if not isinstance(vit.patch_drop, nn.Identity):
+        raise ValueError("loss.ibot_weight: patch dropout reorders tokens, so masked patches cannot be matched; "
+                         "drop patch_drop_rate from model.extra")
+
+
+def forward_features_masked(
+    vit: VisionTransformer, x: torch.Tensor, mask: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """timm's ``VisionTransformer.forward_features`` with masked patch embeddings replaced (iBOT, BEiT).
+
+    ``mask``: (B, n_patches) bool, row-major over the patch grid (True = replace by ``mask_token``, a
+    (1, D) tensor). The token is substituted after the patch embedding and BEFORE the position
+    embedding, as iBOT and DINOv2 do, so the model knows where the hidden patch was. timm ViTs have
+    no mask token; keeping it outside the backbone keeps the exported state dict plain timm.
+    With ``mask`` None (or all False) the result equals ``vit.forward_features(x)`` exactly.
+    Returns (B, prefix + n_patches, D) tokens after the final norm.
+    """
+    x = vit.patch_embed(x)  # (B, H, W, D) with dynamic_img_size, else (B, N, D)
+    if mask is not None:
+        if mask_token is None:
+            raise ValueError("a mask needs a mask_token")
+        keep_shape = x.shape[:-1]
+        x = torch.where(mask.reshape(keep_shape).unsqueeze(-1), mask_token.to(x.dtype).view(-1), x)
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    if vit.grad_checkpointing and not torch.jit.is_scripting():
+        x = checkpoint_seq(vit.blocks, x)
+    else:
+        x = vit.blocks(x)
+    return vit.norm(x)
+
+
+def effective_patch_size(backbone: nn.Module) -> int:
+    """Input pixels per token side: the patch size, times the stem's stride in a conv-stem hybrid
+    (timm's ``HybridEmbed`` counts its patch size in feature-map cells)."""
+    embed = backbone.patch_embed
+    patch = embed.patch_size[0] if isinstance(embed.patch_size, tuple | list) else embed.patch_size
+    ratio = getattr(embed, "feature_ratio", (1, 1))
+    return int(patch) * int(ratio[0] if isinstance(ratio, tuple | list) else ratio)
