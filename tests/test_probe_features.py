@@ -152,3 +152,16 @@ def test_cls_last4_uses_every_block_of_a_shallow_vit(tmp_path: Path) -> None:
         feats = encoder.features(x, "cls_last4")
         assert feats.shape == (2, encoder.feature_dim("cls_last4")) == (2, 96)
         torch.testing.assert_close(feats[:, -48:], encoder(x))
+
+
+def test_relative_data_folder_with_splits_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data rel/path --splits s.csv``: table paths are absolute, so the cache's own CSV finds the files."""
+    make_patches(tmp_path / "data", n_per_class=4)
+    rows = [(f"{c}/{c}_{i}.png", c, ("train", "train", "val", "test")[i]) for c in COLOURS for i in range(4)]
+    splits = write_csv(tmp_path / "s.csv", rows)
+    monkeypatch.chdir(tmp_path)
+    table = load_split_table(Path("data"), splits)
+    assert all(p.is_absolute() and p.is_file() for p in table.paths)
+    enc_dir = make_encoder(tmp_path / "enc", img_size=16, embed_dim=48, seed=1)
+    feats, cache = cached_features(load_encoder(enc_dir), enc_dir, table, "cls", Path("cache"))
+    assert feats.shape == (12, 48) and cache["hit"] is False

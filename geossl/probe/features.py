@@ -124,7 +124,7 @@ def load_split_table(data: str | Path, splits: str | Path | None = None, seed: i
             raise ValueError(f"{source}: unknown class(es) {unknown[:5]}: not among the class folders {folders}")
     index = {c: k for k, c in enumerate(classes)}
     table = SplitTable(
-        paths=paths,
+        paths=[Path(p).absolute() for p in paths],  # a relative --data must not be re-read from the cache folder
         labels=np.array([index[n] for n in names], dtype=np.int64),
         splits=np.asarray(split_list),
         classes=classes,
