@@ -46,6 +46,8 @@ class ModelConfig:
     drop_path_rate: float = 0.1  # student only; the teacher has none
     # timm arguments forwarded verbatim (e.g. {depth: 6}); recorded in the exported encoder.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The exported encoder's default probe features (geossl.models.encoder.FEATURE_RECIPES).
+    feature_recipe: str = "cls_last4"
 
 
 @dataclass
@@ -284,6 +286,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("key 'loss.teacher_temp': values above 0.07 are unstable (DINO paper)")
     if cfg.data.batch_size < 1 or cfg.optim.epochs < 1:
         raise ConfigError("keys 'data.batch_size' and 'optim.epochs' must be >= 1")
+    recipes = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # models.encoder.FEATURE_RECIPES
+    if cfg.model.feature_recipe not in recipes:
+        raise ConfigError(f"key 'model.feature_recipe': expected one of {list(recipes)}, got {cfg.model.feature_recipe!r}")
     _validate_dinov2_losses(cfg)
 
 

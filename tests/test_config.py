@@ -35,3 +35,12 @@ def test_overrides_parse_yaml_values():
 def test_unstable_teacher_temperature_refused():
     with pytest.raises(ConfigError, match="loss.teacher_temp"):
         load_config(None, ["loss.teacher_temp=0.1"])
+
+
+def test_feature_recipe_is_checked_against_the_encoder_recipes():
+    from geossl.models.encoder import FEATURE_RECIPES
+
+    for recipe in FEATURE_RECIPES:
+        assert load_config(None, [f"model.feature_recipe={recipe}"]).model.feature_recipe == recipe
+    with pytest.raises(ConfigError, match="key 'model.feature_recipe'"):
+        load_config(None, ["model.feature_recipe=cls_last5"])

@@ -106,6 +106,18 @@ def test_feature_cache_reuse_and_invalidation(tmp_path: Path, monkeypatch: pytes
         # The k-NN part of cls_last4 is the final CLS, i.e. exactly what forward() returns.
         torch.testing.assert_close(cls_part(enc.features(x, "cls_last4"), "cls_last4", 48), enc(x))
         torch.testing.assert_close(cls_part(enc.features(x, "cls_avgpool"), "cls_avgpool", 48), enc(x))
+        torch.testing.assert_close(cls_part(enc.features(x, "last4_avgpool_cls"), "last4_avgpool_cls", 48), enc(x))
+        # last4_avgpool_cls against timm's own blocks: mean patch token of each of the last n blocks after
+        # the final norm, then their CLS tokens (n = 4, or every block of a shallower ViT)
+        backbone, n = enc.backbone, min(4, len(enc.backbone.blocks))
+        h = backbone.norm_pre(backbone._pos_embed(backbone.patch_embed(enc.normalize(x))))
+        outs = []
+        for block in backbone.blocks:
+            h = block(h)
+            outs.append(backbone.norm(h))
+        ref = torch.cat([o[:, 1:].mean(1) for o in outs[-n:]] + [o[:, 0] for o in outs[-n:]], dim=-1)
+        torch.testing.assert_close(enc.features(x, "last4_avgpool_cls"), ref, rtol=1e-5, atol=1e-5)
+        assert enc.feature_dim("last4_avgpool_cls") == 2 * n * 48
 
 
 def test_bad_encoder_inputs(tmp_path: Path) -> None:

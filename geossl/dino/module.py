@@ -249,6 +249,7 @@ class DINOModule(L.LightningModule):
             img_size=cfg.augment.global_size,
             embed_dim=self.model.embed_dim,
             gsd=cfg.data.gsd,
+            feature_recipe=cfg.model.feature_recipe,
             extra={"steps": int(self.global_step), "config": cfg.to_dict()},
         )
         return Encoder(backbone, meta)

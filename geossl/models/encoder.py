@@ -25,7 +25,7 @@ FORMAT = "geossl-encoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "geossl.json"
-FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool")
+FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")
 
 
 @dataclass
@@ -102,7 +102,9 @@ class Encoder(nn.Module):
         return [(patches, prefix[:, 0]) for patches, prefix in outs]
 
     def features(self, x: torch.Tensor, recipe: str | None = None) -> torch.Tensor:
-        """Frozen features for probes: ``cls``, ``cls_last4`` (DINO ViT-S protocol) or ``cls_avgpool``."""
+        """Frozen features for probes: ``cls``, ``cls_last4`` (DINO ViT-S protocol), ``cls_avgpool`` (DINO ViT-B)
+        or ``last4_avgpool_cls`` (both for the last 4 blocks: small ViTs on small tiles keep much of what
+        they know in the patch tokens). The final block's CLS is always the last (or only first) part."""
         recipe = recipe or self.meta.feature_recipe
         if recipe == "cls":
             return self.forward(x)
@@ -111,6 +113,9 @@ class Encoder(nn.Module):
         if recipe == "cls_avgpool":
             ((patches, cls),) = self.tokens(x, 1)
             return torch.cat([cls, patches.mean(dim=1)], dim=-1)
+        if recipe == "last4_avgpool_cls":  # mean patch token of each of the last 4 blocks, then their CLS
+            outs = self.tokens(x, self._last_n())
+            return torch.cat([p.mean(dim=1) for p, _ in outs] + [cls for _, cls in outs], dim=-1)
         raise ValueError(f"unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})")
 
     def _last_n(self) -> int:
@@ -121,7 +126,8 @@ class Encoder(nn.Module):
         recipe = recipe or self.meta.feature_recipe
         if recipe not in FEATURE_RECIPES:
             raise ValueError(f"unknown feature recipe {recipe!r} (choose from {FEATURE_RECIPES})")
-        return self.meta.embed_dim * {"cls": 1, "cls_last4": self._last_n(), "cls_avgpool": 2}[recipe]
+        return self.meta.embed_dim * {"cls": 1, "cls_last4": self._last_n(), "cls_avgpool": 2,
+                                     "last4_avgpool_cls": 2 * self._last_n()}[recipe]
 
 
 def export_encoder(backbone: nn.Module, meta: EncoderMeta, out_dir: str | Path) -> Path:

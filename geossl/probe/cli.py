@@ -9,7 +9,7 @@ from pathlib import Path
 from geossl.settings import data_root
 
 # Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
-FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool")  # geossl.models.encoder.FEATURE_RECIPES
+FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # geossl.probe.linear.DEFAULT_WEIGHT_DECAYS
 
 

@@ -88,8 +88,8 @@ def cls_part(features: torch.Tensor, recipe: str, embed_dim: int) -> torch.Tenso
     """The final CLS embedding inside a recipe's features: what the DINO k-NN protocol votes with."""
     if recipe == "cls":
         return features
-    if recipe == "cls_last4":
-        return features[:, -embed_dim:]  # blocks in order, the last block's CLS last
+    if recipe in ("cls_last4", "last4_avgpool_cls"):
+        return features[:, -embed_dim:]  # the last block's CLS last
     return features[:, :embed_dim]  # cls_avgpool = [CLS, mean patch token]
 
 
