@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 
-from geossl.dino.sinkhorn import sinkhorn_knopp
+from geossl.dino.loss import TeacherCentering
 
 
 @dataclass
@@ -60,7 +58,7 @@ def select_patches(tokens: torch.Tensor, num_prefix_tokens: int, index: torch.Te
     return patches.reshape(-1, patches.shape[-1]).index_select(0, index)
 
 
-class IBOTPatchLoss(nn.Module):
+class IBOTPatchLoss(TeacherCentering):
     """Cross-entropy H(P_t, P_s) on masked patches only, averaged per image then over images.
 
     Teacher patch outputs are centred by their own EMA centre (``centering="center"``, iBOT; the
@@ -68,49 +66,15 @@ class IBOTPatchLoss(nn.Module):
     global batch (``"sinkhorn_knopp"``, DINOv2), then sharpened by the teacher temperature.
     """
 
-    def __init__(
-        self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-        centering: str = "center", sk_iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        if centering not in ("center", "sinkhorn_knopp"):
-            raise ValueError(f"loss.centering: expected 'center' or 'sinkhorn_knopp', got {centering!r}")
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.centering = centering
-        self.sk_iterations = sk_iterations
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
-    @torch.no_grad()
-    def teacher_probs(self, teacher_patch_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """(M, K) teacher targets at the masked positions."""
-        if self.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(teacher_patch_out, teacher_temp, self.sk_iterations)
-        return F.softmax((teacher_patch_out.float() - self.center) / teacher_temp, dim=-1)
-
     def forward(
         self, student_patch_out: torch.Tensor, teacher_patch_out: torch.Tensor, weight: torch.Tensor,
         teacher_temp: float,
     ) -> torch.Tensor:
         """``student_patch_out``, ``teacher_patch_out``: (M, K) head outputs at the masked positions;
         ``weight``: (M,) from :class:`PatchMasks`. Updates the EMA centre when ``centering="center"``."""
-        q = self.teacher_probs(teacher_patch_out, teacher_temp)
+        q = self.targets(teacher_patch_out, teacher_temp)
         logp = F.log_softmax(student_patch_out.float() / self.student_temp, dim=-1)
         loss = (torch.sum(-q * logp, dim=-1) * weight).sum()
         if self.centering == "center":
             self.update_center(teacher_patch_out)
         return loss
-
-    @torch.no_grad()
-    def update_center(self, teacher_patch_out: torch.Tensor) -> None:
-        """centre <- m * centre + (1 - m) * mean teacher output over the masked patches of ALL ranks.
-
-        A step without any masked patch (possible with few, small crops) leaves the centre as it is.
-        """
-        batch_sum = teacher_patch_out.float().sum(dim=0, keepdim=True)
-        count = batch_sum.new_full((1, 1), float(teacher_patch_out.shape[0]))
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        updated = self.center * self.center_momentum + batch_sum / count.clamp(min=1) * (1 - self.center_momentum)
-        self.center.copy_(torch.where(count > 0, updated, self.center))

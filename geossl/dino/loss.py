@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from geossl.dino.sinkhorn import sinkhorn_knopp
 
 
-class DINOLoss(nn.Module):
-    """Cross-entropy H(P_t, P_s) averaged over all (teacher view, student view) pairs of different views.
+class TeacherCentering(nn.Module):
+    """How teacher outputs become targets, shared by the DINO (CLS) and iBOT (patch) losses.
 
-    Teacher outputs are centred and sharpened with ``teacher_temp``; the student uses ``student_temp``.
-    ``centering="center"`` (DINO): subtract an EMA of the batch mean, all-reduced over ranks so every
-    rank holds the same centre; the centre is a buffer, saved in checkpoints and restored on resume.
-    ``centering="sinkhorn_knopp"`` (SwAV / DINOv2): the teacher batch of all global views is
-    equipartitioned by ``sk_iterations`` Sinkhorn-Knopp steps instead; the centre buffer is then left
-    untouched (kept so checkpoints have the same keys). Teacher views are the first
-    ``len(teacher_out)`` student views (the global crops), so pairs with the same index are skipped.
+    ``centering="center"`` (DINO, iBOT): subtract an EMA of the batch-mean teacher output, all-reduced
+    over ranks so every rank holds the same centre, then sharpen by the teacher temperature; the centre
+    is a buffer, saved in checkpoints and restored on resume. ``"sinkhorn_knopp"`` (SwAV, DINOv2):
+    equipartition the teacher batch with ``sk_iterations`` Sinkhorn-Knopp steps instead; the centre
+    buffer is then left untouched (kept so checkpoints have the same keys).
     """
 
     def __init__(
@@ -35,6 +33,37 @@ class DINOLoss(nn.Module):
         self.centering = centering
         self.sk_iterations = sk_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def targets(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """(N, K) teacher logits -> (N, K) target distributions."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_out, teacher_temp, self.sk_iterations)
+        return F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """centre <- m * centre + (1 - m) * mean over the GLOBAL batch (all ranks) of teacher logits.
+
+        A batch with no rows on any rank (an iBOT step without a masked patch) leaves the centre as it is.
+        """
+        batch_sum = teacher_out.float().sum(dim=0, keepdim=True)
+        # new_full is a device-side fill: unlike torch.tensor([...], device=...) it never blocks the host.
+        count = batch_sum.new_full((1, 1), float(teacher_out.shape[0]))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        updated = self.center * self.center_momentum + batch_sum / count.clamp(min=1) * (1 - self.center_momentum)
+        self.center.copy_(torch.where(count > 0, updated, self.center))
+
+
+class DINOLoss(TeacherCentering):
+    """Cross-entropy H(P_t, P_s) averaged over all (teacher view, student view) pairs of different views.
+
+    Teacher outputs are centred (see :class:`TeacherCentering`) and sharpened with ``teacher_temp``; the
+    student uses ``student_temp``. Teacher views are the first
+    ``len(teacher_out)`` student views (the global crops), so pairs with the same index are skipped.
+    """
 
     def forward(
         self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
@@ -59,19 +88,5 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def teacher_probs(self, teacher_out: list[torch.Tensor], teacher_temp: float) -> list[torch.Tensor]:
         """The teacher targets, one (B, K) tensor per global view, centred as ``centering`` says."""
-        if self.centering == "sinkhorn_knopp":
-            probs = sinkhorn_knopp(torch.cat(teacher_out), teacher_temp, self.sk_iterations)
-            return list(probs.split([t.shape[0] for t in teacher_out]))
-        return [F.softmax((t.float() - self.center) / teacher_temp, dim=-1) for t in teacher_out]
-
-    @torch.no_grad()
-    def update_center(self, teacher_out: torch.Tensor) -> None:
-        """centre <- m * centre + (1 - m) * mean over the GLOBAL batch (all ranks) of teacher logits."""
-        batch_sum = teacher_out.float().sum(dim=0, keepdim=True)
-        # new_full is a device-side fill: unlike torch.tensor([...], device=...) it never blocks the host.
-        count = batch_sum.new_full((1, 1), float(teacher_out.shape[0]))
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        batch_center = batch_sum / count
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        probs = self.targets(torch.cat(teacher_out), teacher_temp)
+        return list(probs.split([t.shape[0] for t in teacher_out]))
