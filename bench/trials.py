@@ -140,15 +140,18 @@ def reprobe(runs: Path, name: str, root: Path, random_baseline: bool) -> dict[st
 def write_table(jsonl: Path, out: Path) -> None:
     """docs/trials.md: every trial, winners and losers, in the order they ran."""
     rows = list({r["name"]: r for r in (json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip())}.values())
-    lines = ["| trial | overrides | img/s | steps | minutes | val linear | val k-NN |", "|---|---|---|---|---|---|---|"]
+    lines = ["| trial | overrides | img/s | steps | minutes | final loss | val linear | val k-NN |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         minutes = r.get("nominal_minutes") or r["steps"] * r.get("batch", 64) / r["img_per_s"] / 60
         lines.append(f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | {r['img_per_s']:.0f} | {r['steps']} | "
-                     f"{minutes:.1f} | {100 * r['val_linear']:.1f} % | {100 * r['val_knn']:.1f} % |")
-    text = out.read_text() if out.exists() else ""
-    marker = "<!-- trials -->"
-    head = text.split(marker)[0] if marker in text else "# Recipe trials\n\n"
-    out.write_text(head + marker + "\n" + "\n".join(lines) + "\n")
+                     f"{minutes:.1f} | {r['final_loss']:.2f} | {100 * r['val_linear']:.1f} % | {100 * r['val_knn']:.1f} % |")
+    text = out.read_text() if out.exists() else "# Recipe trials\n\n<!-- trials -->\n<!-- /trials -->\n"
+    start, end = "<!-- trials -->", "<!-- /trials -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{out}: the markers {start} and {end} are missing; the table goes between them")
+    head, tail = text.split(start, 1)[0], text.split(end, 1)[1]
+    out.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
 if __name__ == "__main__":
