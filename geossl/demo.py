@@ -64,10 +64,8 @@ def run(args: argparse.Namespace) -> int:
     _step("2/3 probe on EuroSAT RGB: the encoder beside band statistics and random init")
     out = run_dir / "probe"
     metrics_path = out / "metrics.json"
-    if metrics_path.exists() and read_json(metrics_path).get("encoder") == str(encoder_dir) \
-            and "baselines" in read_json(metrics_path):
-        metrics = read_json(metrics_path)
-    else:
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    if metrics.get("encoder") != str(encoder_dir) or "baselines" not in metrics:  # reuse only a finished probe
         metrics = run_probe(ProbeOptions(
             encoder=str(encoder_dir), data=root / "eurosat-rgb", out=out, seed=cfg.seed, seeds=args.seeds,
             splits=Path(args.splits) if args.splits else None, labels_per_class=budgets,
