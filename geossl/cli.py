@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("geossl.predict.cli", "classify tiles or whole scenes into land-cover tables and maps"),
     "embed": ("geossl.predict.embed_cli", "one embedding per tile -> (Geo)Parquet, for similarity search"),
     "attention": ("geossl.predict.attention_cli", "DINO self-attention maps of a tile -> PNG"),
+    "import-encoder": ("geossl.models.import_cli",
+                       "public weights (timm, DINO, DINOv2/v3, torchgeo) -> an encoder; rename or adapt bands"),
     "sagemaker": ("geossl.cloud.cli", "run pretraining as an Amazon SageMaker training job (launch, local)"),
 }
 

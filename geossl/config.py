@@ -29,6 +29,9 @@ class DataConfig:
     split: str | None = "train"  # patches: rows of splits.csv used for pretraining (labels never used)
     limit: int | None = None  # patches: use at most this many (a seeded, class-balanced subset)
     bands: list[int] | None = None  # 1-based band indices to read; None = all
+    # Names of the bands read (e.g. [B01, ..., B8A]): recorded in the encoder, and how model.init matches
+    # a pretrained encoder's bands to these (by name). None = band_1, band_2, ...
+    band_names: list[str] | None = None
     tile_size: int = 64  # scenes: size of random tiles; patches: must match the patch size
     tiles_per_epoch: int = 10_000  # scenes: random tiles drawn per epoch
     min_valid_fraction: float = 0.9  # scenes: tiles with fewer valid pixels are never served
@@ -48,6 +51,11 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # The exported encoder's default probe features (geossl.models.encoder.FEATURE_RECIPES).
     feature_recipe: str = "cls_last4"
+    # Continue from a pretrained encoder folder (geossl import-encoder / pretrain output) or a geossl run
+    # folder (its DINO head too): arch, patch_size and extra then come from the encoder; its bands are
+    # matched to data.band_names by name. None = random initialisation.
+    init: str | None = None
+    init_new_bands: str = "zero"  # filters of data bands the encoder never saw: zero | mean (models/bands.py)
 
 
 @dataclass
@@ -289,6 +297,8 @@ def validate(cfg: Config) -> None:
     recipes = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # models.encoder.FEATURE_RECIPES
     if cfg.model.feature_recipe not in recipes:
         raise ConfigError(f"key 'model.feature_recipe': expected one of {list(recipes)}, got {cfg.model.feature_recipe!r}")
+    if cfg.model.init_new_bands not in ("zero", "mean"):
+        raise ConfigError(f"key 'model.init_new_bands': expected 'zero' or 'mean', got {cfg.model.init_new_bands!r}")
     _validate_dinov2_losses(cfg)
 
 

@@ -8,7 +8,8 @@ from geossl.config import load_config
 from geossl.dino.data import build_pretrain_dataset, dataset_band_count
 
 CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith("sagemaker"))
-EXPECTED_BANDS = {"demo": 3, "eurosat_vits8": 3, "gpu_suite": 3, "scenes_naip": 4, "eurosat_ms": 13}
+EXPECTED_BANDS = {"demo": 3, "eurosat_vits8": 3, "gpu_suite": 3, "scenes_naip": 4, "eurosat_ms": 13,
+                  "continue_eurosat_ms": 13}
 
 
 def test_all_pretraining_configs_are_covered():

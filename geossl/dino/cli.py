@@ -17,13 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="auto",
                         help="auto: continue from the newest complete checkpoint if any (default); "
                              "never: refuse a run folder that holds a run; or a checkpoint path")
+    parser.add_argument("--init", metavar="ENCODER_DIR",
+                        help="continue from a pretrained encoder (geossl import-encoder) or a geossl run folder; "
+                             "same as model.init=ENCODER_DIR (see configs/continue_eurosat_ms.yaml)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=10 data.batch_size=32")
 
 
 def run(args: argparse.Namespace) -> int:
     from geossl.dino.train import pretrain
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"model.init={args.init}"] if args.init else [])
+    cfg = load_config(args.config, overrides)
     summary = pretrain(cfg, args.run_dir, checkpoint_dir=args.checkpoint_dir, export_dir=args.export_dir,
                        resume=args.resume)
     line = (f"pretrain {summary['status']}: {summary['steps']} steps ({summary['epochs']} epochs) in "

@@ -74,6 +74,10 @@ def resolve_stats(cfg: Config, band_count: int) -> BandStats:
         raise ValueError(
             f"band statistics have {stats.count} bands ({cfg.data.stats or 'computed'}) but the data has {band_count}"
         )
+    if cfg.data.band_names is not None:
+        if len(cfg.data.band_names) != band_count:
+            raise ValueError(f"key 'data.band_names': {len(cfg.data.band_names)} names for {band_count} bands")
+        stats.bands = list(cfg.data.band_names)
     return stats
 
 

@@ -41,6 +41,7 @@ from geossl.dino.data import (
     resolve_stats,
     value_range,
 )
+from geossl.dino.init import initialize_from_encoder, with_init_architecture
 from geossl.dino.module import DINOModule
 from geossl.io import atomic_write_json, atomic_write_text, read_json
 from geossl.models.encoder import export_encoder
@@ -114,6 +115,7 @@ def pretrain(
     resumed, never silently overwritten (``resume``: auto | never | a checkpoint path).
     """
     started = time.perf_counter()
+    cfg = with_init_architecture(cfg)
     run_dir = Path(run_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else run_dir / "checkpoints"
     export_dir = Path(export_dir) if export_dir else run_dir / "encoder"
@@ -135,6 +137,7 @@ def pretrain(
     if ckpt is not None:
         check_resume_compatible(ckpt, module_args)
     module = DINOModule(**module_args)
+    init_report = initialize_from_encoder(module.model, cfg, stats) if cfg.model.init and ckpt is None else None
     datamodule = PretrainDataModule(cfg, dataset)
 
     printer = MetricPrinter(cfg.trainer.log_every_steps)
@@ -195,6 +198,7 @@ def pretrain(
         "steps": int(trainer.global_step),
         "epochs": round(trainer.global_step / module.steps_per_epoch, 3),
         "resumed_from": str(ckpt) if ckpt else None,
+        "init": init_report,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "dataset": f"{len(dataset)} samples, {in_chans} bands ({dtype})",
         "checkpoint_dir": str(checkpoint_dir),
