@@ -72,7 +72,9 @@ class InputSection:
 
 @dataclass
 class PretrainSection:
-    config: str = "configs/dino_vits16.yaml"  # geossl training config, relative to the source checkout
+    # geossl training config, relative to the source checkout (or cwd). A shipped file: the GPU run the
+    # defaults above describe, as configs/sagemaker_dino.yaml launches it.
+    config: str = "configs/eurosat_vits8.yaml"
     overrides: list[str] = field(default_factory=list)  # key=value for the training config
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -16,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # SageMaker marks files still being synced to S3 with this suffix; they are never complete checkpoints.
 UPLOADING_SUFFIX = ".sagemaker-uploading"
+# Where pickles name numpy's array/scalar reconstructors: numpy 2 writes numpy._core, numpy 1 numpy.core.
+_NUMPY_CORE = ("numpy._core", "numpy.core")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,14 +35,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(path)
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training checkpoint without unpickling arbitrary objects; errors name the file."""
+@functools.cache
+def numpy_safe_globals() -> tuple[Any, ...]:
+    """What unpickling plain numpy scalars, arrays and dtypes needs, for ``weights_only=True`` loading.
+
+    Callbacks (ours or a user's, via ``pretrain(callbacks=...)``) may keep numpy values in their
+    ``state_dict``; Lightning saves those in the checkpoint, and without these globals the newest
+    checkpoint would be refused and resume would silently restart at step 0. Allowed: the array and
+    scalar reconstructors (``_reconstruct`` can only build the allowed ``ndarray`` class, ``scalar`` only
+    reads bytes into an allowed dtype), ``ndarray``, ``dtype`` and the dtype classes of the plain kinds
+    (bool, ints, floats, complex, bytes, str, datetime). Not the object or void (structured) dtypes, no
+    ndarray subclass, no numpy function: an object array would unpickle Python objects, the rest is code.
+    Plus ``bytes``: torch pickles with protocol 2, which writes an empty array's (empty) data buffer as a
+    call ``bytes()``; the type only ever builds an immutable byte string. The reconstructors are listed
+    under both module paths, so checkpoints written with numpy 1 load too.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        from numpy._core import multiarray
+    except ImportError:  # a numpy without the numpy._core alias
+        from numpy.core import multiarray
+
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"] if code not in "OV"}
+    named = [(multiarray._reconstruct, f"{module}.multiarray._reconstruct") for module in _NUMPY_CORE]
+    named += [(multiarray.scalar, f"{module}.multiarray.scalar") for module in _NUMPY_CORE]
+    return (bytes, np.ndarray, np.dtype, *sorted(dtype_classes, key=lambda t: t.__name__), *named)
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint without unpickling arbitrary objects (``weights_only=True``, plus plain
+    numpy values: :func:`numpy_safe_globals`); any failure is a one-line ValueError naming the file."""
+    # Only what is not allowed already: leaving the context removes what it added, and must not remove
+    # what the caller allowed globally with torch.serialization.add_safe_globals.
+    allowed = set(torch.serialization.get_safe_globals())
+    extra = [g for g in numpy_safe_globals() if g not in allowed]
+    try:
+        with torch.serialization.safe_globals(extra):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The gist of a load error on one line: torch's weights-only refusal is many lines of advice (to
+    load with ``weights_only=False``, which we never do) around one line saying what was refused."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split(" Please use ", 1)[0]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # ANSI colour codes
+    return " ".join(text.split())[:500]
 
 
 def find_resume_checkpoint(directory: str | os.PathLike) -> Path | None:

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.amp.grad_scaler import OptState
 
 from geossl.augment import MultiCropAugment
 from geossl.config import config_from_dict
@@ -103,8 +104,13 @@ class DINOModule(L.LightningModule):
             # As the original: no weight decay on biases and 1-D parameters (norms).
             (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
         groups = [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
-        fused = torch.cuda.is_available() and self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=fused or None)
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=self._fuse_optimizer() or None)
+
+    def _fuse_optimizer(self) -> bool:
+        """Fused AdamW on CUDA (one kernel for all parameters). Safe with ``16-mixed`` too: a fused
+        optimizer unscales in its own step, which Lightning relies on to skip unscaling before clipping,
+        so :meth:`configure_gradient_clipping` unscales itself (see :meth:`_unscale_for_clipping`)."""
+        return torch.cuda.is_available() and self.device.type == "cuda"
 
     def _apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         lr, wd = self.schedule_value("lr", step), self.schedule_value("wd", step)
@@ -214,19 +220,42 @@ class DINOModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
     ) -> None:
-        """Called by Lightning on UNSCALED gradients right before the optimizer step.
+        """Called by Lightning right before the optimizer step.
 
         Clip each parameter's gradient norm separately (as the original DINO), then drop the student
         head's last-layer gradients while it is frozen (the first ``head.freeze_last_layer_epochs``).
+        The norms are those of UNSCALED gradients even under ``16-mixed`` (see :meth:`_unscale_for_clipping`).
         """
         clip = self.cfg.optim.clip_grad
         grads = [p.grad for p in self.model.student.parameters() if p.grad is not None]
         if clip > 0 and grads:
+            self._unscale_for_clipping(optimizer)
+            grads = [p.grad for p in self.model.student.parameters() if p.grad is not None]  # unscale_ may replace
             norms = torch._foreach_norm(grads)
             scales = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
             torch._foreach_mul_(grads, scales)
         if self.global_step < self.cfg.head.freeze_last_layer_epochs * self.steps_per_epoch:
             self.model.cancel_last_layer_gradients()
+
+    def _unscale_for_clipping(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale this step's gradients with the AMP GradScaler (``16-mixed``) if nobody has yet.
+
+        Lightning's MixedPrecision plugin calls ``scaler.unscale_`` before clipping only for optimizers
+        that do not unscale in their own step; for a fused AdamW it skips it, so clipping would see
+        gradients multiplied by the loss scale (the threshold silently divided by up to 65536). Unscaling
+        here is what torch documents for clipping with a GradScaler: ``scaler.step`` then finds the
+        optimizer UNSCALED, reuses the inf/NaN check of this unscale and passes the fused step no scale,
+        so nothing is unscaled twice. Kept rather than "no fused AdamW under 16-mixed" because it holds
+        for any optimizer, fused or not, and any Lightning version: the per-optimizer stage is read,
+        never assumed (``unscale_`` twice per step raises). bf16 and 32-bit runs have no scaler: no-op.
+        """
+        trainer = self._trainer
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        if scaler is None or not scaler.is_enabled():
+            return
+        raw = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the one the scaler sees
+        if scaler._per_optimizer_states[id(raw)]["stage"] is OptState.READY:
+            scaler.unscale_(raw)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """The student step, then at once the teacher EMA: before any callback (checkpointing) runs,
