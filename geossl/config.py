@@ -16,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+from geossl.config_checks import ConfigError, check_values
 
 
 @dataclass
@@ -136,6 +134,14 @@ class TrainerConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     progress_bar: bool = True
+    # Checkpoint retention: keep the newest keep_last periodic step-*.ckpt (0 = all) plus every
+    # keep_every-th of them (0 = none besides); last.ckpt is always kept (geossl/dino/run_folder.py).
+    keep_last: int = 0
+    keep_every: int = 0
+    # Any other lightning.Trainer keyword argument, passed through verbatim (e.g. {strategy: ddp,
+    # accumulate_grad_batches: 2}). Arguments geossl sets itself are refused, naming the key to use instead:
+    # gradient_clip_val among them, because geossl clips per parameter via optim.clip_grad.
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,45 +285,18 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks the types cannot express."""
+    """Checks the types cannot express: choices here, numbers and ranges in :mod:`geossl.config_checks`."""
     if cfg.data.kind not in ("patches", "scenes"):
         raise ConfigError(f"key 'data.kind': expected 'patches' or 'scenes', got {cfg.data.kind!r}")
     if cfg.trainer.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
         raise ConfigError(f"key 'trainer.accelerator': unknown accelerator {cfg.trainer.accelerator!r}")
-    for name in ("global_scale", "local_scale"):
-        lo_hi = getattr(cfg.augment, name)
-        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-            raise ConfigError(f"key 'augment.{name}': expected [low, high] with 0 < low <= high <= 1")
-    if len(cfg.augment.blur_p) != 3:
-        raise ConfigError("key 'augment.blur_p': expected three probabilities [global-1, global-2, locals]")
-    if cfg.loss.teacher_temp > 0.07 + 1e-9:
-        raise ConfigError("key 'loss.teacher_temp': values above 0.07 are unstable (DINO paper)")
-    if cfg.data.batch_size < 1 or cfg.optim.epochs < 1:
-        raise ConfigError("keys 'data.batch_size' and 'optim.epochs' must be >= 1")
     recipes = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # models.encoder.FEATURE_RECIPES
     if cfg.model.feature_recipe not in recipes:
         raise ConfigError(f"key 'model.feature_recipe': expected one of {list(recipes)}, got {cfg.model.feature_recipe!r}")
     if cfg.model.init_new_bands not in ("zero", "mean"):
         raise ConfigError(f"key 'model.init_new_bands': expected 'zero' or 'mean', got {cfg.model.init_new_bands!r}")
-    _validate_dinov2_losses(cfg)
-
-
-def _validate_dinov2_losses(cfg: Config) -> None:
-    """KoLeo, Sinkhorn-Knopp and iBOT keys (DINOv2 family)."""
-    loss = cfg.loss
-    if loss.centering not in ("center", "sinkhorn_knopp"):
-        raise ConfigError(f"key 'loss.centering': expected 'center' or 'sinkhorn_knopp', got {loss.centering!r}")
-    if loss.sk_iterations < 1:
-        raise ConfigError("key 'loss.sk_iterations': must be >= 1")
-    for name in ("koleo_weight", "ibot_weight"):
-        if getattr(loss, name) < 0:
-            raise ConfigError(f"key 'loss.{name}': must be >= 0 (0 disables the term)")
-    if loss.koleo_weight > 0 and cfg.data.batch_size < 2:
-        raise ConfigError("key 'loss.koleo_weight': KoLeo needs a nearest neighbour, so data.batch_size >= 2")
-    ratio = loss.ibot_mask_ratio
-    if len(ratio) != 2 or not 0 <= ratio[0] <= ratio[1] <= 1:
-        raise ConfigError("key 'loss.ibot_mask_ratio': expected [low, high] with 0 <= low <= high <= 1")
-    if not 0 <= loss.ibot_mask_probability <= 1:
-        raise ConfigError("key 'loss.ibot_mask_probability': expected a probability in [0, 1]")
-    if loss.ibot_mask_mode not in ("block", "random"):
-        raise ConfigError(f"key 'loss.ibot_mask_mode': expected 'block' or 'random', got {loss.ibot_mask_mode!r}")
+    if cfg.loss.centering not in ("center", "sinkhorn_knopp"):
+        raise ConfigError(f"key 'loss.centering': expected 'center' or 'sinkhorn_knopp', got {cfg.loss.centering!r}")
+    if cfg.loss.ibot_mask_mode not in ("block", "random"):
+        raise ConfigError(f"key 'loss.ibot_mask_mode': expected 'block' or 'random', got {cfg.loss.ibot_mask_mode!r}")
+    check_values(cfg)

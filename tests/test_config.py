@@ -25,7 +25,8 @@ def test_wrong_type_is_named(tmp_path):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(None, ["optim.epochs=3", "data.bands=[1,2,3]", "optim.base_lr=1e-4", "trainer.max_steps=null"])
+    cfg = load_config(None, ["optim.epochs=3", "optim.warmup_epochs=1", "data.bands=[1,2,3]", "optim.base_lr=1e-4",
+                             "trainer.max_steps=null"])
     assert cfg.optim.epochs == 3 and cfg.data.bands == [1, 2, 3]
     assert cfg.optim.base_lr == pytest.approx(1e-4) and cfg.trainer.max_steps is None
     with pytest.raises(ConfigError, match="override 'optim.nope=1'"):

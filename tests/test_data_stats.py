@@ -109,7 +109,7 @@ def test_cli_writes_json_and_reports_errors(nodata_scene: tuple[str, np.ndarray]
     assert saved.count == 2 and json.loads(out.read_text())["bands"] == ["band_2", "band_3"]
     line = capsys.readouterr().out.strip().splitlines()
     assert len(line) == 1 and "2 bands (uint16)" in line[0] and str(out) in line[0]
-    assert geossl_main(["stats", "--input", str(tmp_path / "nope.tif"), "--out", str(out)]) == 1
+    assert geossl_main(["stats", "--input", str(tmp_path / "nope.tif"), "--out", str(out), "--overwrite"]) == 1
     assert "nope.tif: no such file" in capsys.readouterr().err
     assert geossl_main(["stats", "--input", uri, "--out", str(out), "--bands", "1,x"]) == 1
     assert "--bands" in capsys.readouterr().err

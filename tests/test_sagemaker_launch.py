@@ -118,7 +118,7 @@ def test_launch_sends_the_full_request_to_sagemaker(s3, monkeypatch):
     cfg = load_job_config(JOB_YAML, [*ACCOUNT, f"input.s3_uri=s3://{BUCKET}/eurosat/", "input.mode=FastFile",
                                      "compute.instance_count=2", "compute.instance_type=ml.g5.12xlarge",
                                      "compute.max_run_minutes=60", "compute.max_wait_minutes=120",
-                                     "optim.epochs=3", "run_name=eurosat-test"])
+                                     "optim.epochs=3", "optim.warmup_epochs=1", "run_name=eurosat-test"])
     session = boto3.Session(region_name="us-east-1")
     sent: list[dict] = []
     session.events.register("provide-client-params.sagemaker.CreateTrainingJob",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,9 +97,13 @@ class Encoder(nn.Module):
         return self.backbone(self.normalize(x))
 
     def tokens(self, x: torch.Tensor, n_last: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(patch tokens (B, N, D), CLS (B, D)) of the last ``n_last`` blocks, after the final norm."""
-        outs = self.backbone.get_intermediate_layers(
-            self.normalize(x), n=n_last, return_prefix_tokens=True, norm=True
+        """(patch tokens (B, N, D), CLS (B, D)) of the last ``n_last`` blocks, after the final norm.
+
+        timm's ``forward_intermediates`` serves every ViT family geossl imports (VisionTransformer, hybrids,
+        and the Eva class of DINOv3, which has no ``get_intermediate_layers``); register tokens are dropped."""
+        outs = self.backbone.forward_intermediates(
+            self.normalize(x), indices=n_last, return_prefix_tokens=True, norm=True, output_fmt="NLC",
+            intermediates_only=True,
         )
         return [(patches, prefix[:, 0]) for patches, prefix in outs]
 
@@ -130,11 +136,57 @@ class Encoder(nn.Module):
                                      "last4_avgpool_cls": 2 * self._last_n()}[recipe]
 
 
+def meta_problems(meta: EncoderMeta) -> list[str]:
+    """What is wrong with an encoder's statistics: non-finite mean/std/p2/p98, or a std <= 0.
+
+    A NaN statistic turns every input into NaN features; a zero std divides by zero (the clamp in
+    :class:`Encoder` only hides it as a 1e6 gain). Either way the encoder is unusable, silently.
+    """
+    def band(i: int) -> str:
+        return meta.bands[i] if i < len(meta.bands) else f"#{i}"
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    problems = []
+    for key in ("mean", "std", "p2", "p98"):
+        bad = [band(i) for i, v in enumerate(getattr(meta, key) or []) if not finite(v)]
+        if bad:
+            problems.append(f"'{key}' is not a finite number for bands {bad}")
+    low = [band(i) for i, v in enumerate(meta.std) if finite(v) and v <= 0]
+    if low:
+        problems.append(f"'std' is <= 0 for bands {low} (a constant band cannot be normalised)")
+    return problems
+
+
+def weight_problems(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point weights holding NaN/inf (a diverged run or a corrupted file)."""
+    problems = []
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            n_bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if n_bad:
+                problems.append(f"weight '{name}' has {n_bad} non-finite value(s) of {tensor.numel()}")
+    return problems
+
+
+def _joined(problems: list[str], limit: int = 3) -> str:
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
+
+
 def export_encoder(backbone: nn.Module, meta: EncoderMeta, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/geossl.json`` atomically (weights first)."""
+    """Write ``out_dir/model.safetensors`` and ``out_dir/geossl.json`` atomically (weights first).
+
+    Non-finite weights or statistics are refused before anything is written: an encoder folder that
+    exists is one that works, so a diverged run never leaves a plausible-looking export behind.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    problems = meta_problems(meta) + weight_problems(state)
+    if problems:
+        raise ValueError(f"{out_dir}: refusing to export the encoder: {_joined(problems)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS_FILE, suffix=".safetensors") as tmp:
         safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
     atomic_write_json(out_dir / META_FILE, meta.to_json())
@@ -164,6 +216,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", random_in
         path, random_init = text[len("random:") :], True
     path = Path(path)
     meta = read_meta(path)
+    if problems := meta_problems(meta):
+        raise ValueError(f"{path / META_FILE if path.is_dir() else path}: unusable encoder: {_joined(problems)}")
     backbone = create_backbone(meta.timm_name, meta.timm_kwargs)
     if not random_init:
         weights = path / WEIGHTS_FILE
@@ -173,6 +227,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", random_in
             state = safetensors.torch.load_file(str(weights))
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"{weights}: unreadable safetensors file ({exc})") from None
+        if problems := weight_problems(state):
+            raise ValueError(f"{weights}: unusable encoder: {_joined(problems)}")
         try:
             backbone.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -11,6 +11,7 @@ from geossl.settings import data_root
 # Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
 FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # geossl.probe.linear.DEFAULT_WEIGHT_DECAYS
+PROBE_OUTPUTS = ("metrics.json", "model")  # what marks a folder as holding a finished (or half-written) probe
 
 
 def parse_budgets(text: str) -> list[int | None]:
@@ -73,13 +74,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--no-random-baseline", action="store_true",
                         help="skip the random-init baseline (the band-statistics baseline always runs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the probe already in --out (metrics.json, model/, figures)")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier probe unless asked, as ``geossl classify`` does: its metrics and model
+    may be what a report or a classified map was made from. Checked before any feature is computed; a
+    folder holding only a feature cache (an interrupted run) is not a probe and is reused.
+    """
+    held = [name for name in PROBE_OUTPUTS if (out / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{out}: already holds a probe ({', '.join(held)}); use --overwrite to replace it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from geossl.probe.run import ProbeOptions, run_probe, summary_line  # heavy imports only when running
-
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    check_out(args.out, args.overwrite)
+    from geossl.probe.run import ProbeOptions, run_probe, summary_line  # heavy imports only when running
+
     opts = ProbeOptions(
         encoder=str(args.encoder),
         data=args.data if args.data is not None else data_root() / "eurosat-rgb",

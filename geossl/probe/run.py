@@ -240,6 +240,9 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
         atomic_write_json(out / "label_efficiency.json", efficiency)
         plot_label_efficiency(out / "label_efficiency.png", efficiency,
                               f"Label efficiency, {Path(str(table.source)).name} ({recipe} features)")
+    else:  # a rerun into an earlier probe's folder (--overwrite): its curve would pass for this run's
+        for name in ("label_efficiency.json", "label_efficiency.png"):
+            (out / name).unlink(missing_ok=True)
 
     metrics: dict[str, Any] = {
         "linear_top1": res["linear_top1"],
