@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geossl: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, FileExistsError, RuntimeError) as exc:
-        # Bad input: one clear line naming the file and the problem, no traceback.
-        print(f"geossl {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as exc:
+        # Bad input, a full disk, a read-only folder: one clear line naming the file and the problem.
+        message: object = exc
+        if isinstance(exc, OSError) and exc.strerror:  # "[Errno 28] ..." -> the path and the problem
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        print(f"geossl {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -59,7 +59,7 @@ def test_bad_split_tables(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"bad\.csv: 1 of 12 listed files do not exist: .*nope\.png"):
         load_split_table(data, write_csv(tmp_path / "bad.csv", [*ok[:-1], ("Forest/nope.png", "Forest", "test")]))
     with pytest.raises(ValueError, match=r"unknown class\(es\) \['Forrest'\]"):
-        load_split_table(data, write_csv(tmp_path / "bad.csv", [*ok[:-1], ("Forest/Forest_0.png", "Forrest", "test")]))
+        load_split_table(data, write_csv(tmp_path / "bad.csv", [*ok[:-1], ("SeaLake/SeaLake_3.png", "Forrest", "test")]))
     with pytest.raises(ValueError, match=r"line 3: unknown split 'trian'"):
         load_split_table(data, write_csv(tmp_path / "bad.csv", [ok[0], ("Forest/Forest_1.png", "Forest", "trian")]))
     with pytest.raises(ValueError, match=r"split 'val' is empty"):

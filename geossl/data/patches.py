@@ -141,7 +141,21 @@ def read_label_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | No
         if not p or not lab:
             raise ValueError(f"{csv_path}: line {line}: empty path or label")
     splits = [(r.get("split") or "").strip() for r in rows] if "split" in fields else None
+    if splits is not None:
+        check_split_leaks([os.path.normpath(p) for p in paths], splits, csv_path)
     return paths, labels, splits
+
+
+def check_split_leaks(paths: list[str] | list[Path], splits: list[str], source: str | Path) -> None:
+    """Refuse a file listed in two different splits: it would leak test (or val) data into training."""
+    first: dict[str, str] = {}
+    for path, split in zip(map(str, paths), splits, strict=True):
+        if not split:  # a row without a split is left out, never evaluated
+            continue
+        seen = first.setdefault(path, split)
+        if seen != split:
+            raise ValueError(f"{source}: {path} is in both the {seen!r} and the {split!r} split "
+                             "(a file in two splits leaks evaluation data into training); list it once")
 
 
 def _scan_class_folders(root: Path) -> tuple[list[str], list[str]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,13 @@ class MetricPrinter(L.Callback):
         self._last_step = 0
         self.history: list[dict[str, float]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history travels in checkpoints, so a resumed run's curves show the whole run."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every != 0 and step != 1:
@@ -67,15 +76,36 @@ class MetricPrinter(L.Callback):
 
 
 class SigtermCheckpoint(L.Callback):
-    """On SIGTERM (SageMaker stop, spot interruption, Ctrl-C of a scheduler) save ``last.ckpt`` at the
-    next batch boundary and stop. SageMaker allows 120 s; one step plus one save fits easily."""
+    """On SIGTERM (SageMaker stop, spot interruption, a scheduler) or SIGINT (Ctrl-C) save ``last.ckpt`` at
+    the next batch boundary and stop. SageMaker allows 120 s; one step plus one save fits easily.
+    A second Ctrl-C aborts at once (Python's default), for a user who does not want to wait."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.saved_at: int | None = None
+        self.sigint = False
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts at once
+        self.sigint = True
+        print("geossl: Ctrl-C: saving last.ckpt at the end of this step (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._restore_handler()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        received = bool(getattr(trainer, "received_sigterm", False))
+        received = bool(getattr(trainer, "received_sigterm", False)) or self.sigint
         if trainer.world_size > 1:
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if received and self.saved_at is None:
@@ -83,12 +113,19 @@ class SigtermCheckpoint(L.Callback):
             trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
             self.saved_at = trainer.global_step
             if trainer.is_global_zero:
-                print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
+                signal_name = "SIGINT" if self.sigint else "SIGTERM"
+                print(f"geossl: {signal_name} received; checkpoint saved at step {trainer.global_step}, stopping",
+                      flush=True)
             trainer.should_stop = True
+            if self.sigint:
+                # Leave the loop exactly as Lightning does on SIGTERM: letting the epoch finish would run
+                # on_train_end and overwrite last.ckpt with an "epoch complete" loop state.
+                raise SIGTERMException()
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         """A SIGTERM that lands during epoch-end work (k-NN, logging) makes Lightning raise at the epoch
         boundary before any batch hook runs again: save there, the state is consistent."""
+        self._restore_handler()
         if isinstance(exception, SIGTERMException) and self.saved_at is None:
             pl_module.check_finite()
             trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
@@ -98,11 +135,21 @@ class SigtermCheckpoint(L.Callback):
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):
-    """Lightning's periodic checkpoints, refusing to write weights after a non-finite loss."""
+    """Lightning's periodic checkpoints, refusing to write weights after a non-finite loss, and keeping
+    the newest ``keep_last`` plus every ``keep_every``-th (``trainer.keep_last``/``keep_every``; 0 = all)."""
+
+    def __init__(self, *args: Any, keep_last: int = 0, keep_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_last, self.keep_every = keep_last, keep_every
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         trainer.lightning_module.check_finite()
         super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and self.dirpath:
+            from geossl.dino.run_folder import prune_checkpoints
+
+            prune_checkpoints(Path(self.dirpath), self.keep_last, self.keep_every,
+                              self._every_n_train_steps or 0)
 
 
 class FinalCheckpoint(L.Callback):
@@ -119,17 +166,23 @@ class FinalCheckpoint(L.Callback):
 class KNNMonitor(L.Callback):
     """Online k-NN top-1 of the teacher's CLS features on a small labelled set, every few epochs."""
 
-    def __init__(self, cfg: EvalConfig, bands: list[int] | None, seed: int) -> None:
+    def __init__(self, cfg: EvalConfig, bands: list[int] | None, seed: int, data_root: str | None = None) -> None:
         from geossl.data.patches import PatchDataset
         from geossl.settings import resolve_data_path
 
         assert cfg.knn_data is not None
-        source = resolve_data_path(cfg.knn_data)
+        source = resolve_data_path(cfg.knn_data, data_root)  # the same data root as data.paths
         self.cfg = cfg
         self.train_set = PatchDataset(source, split=cfg.knn_train_split, bands=bands, limit=cfg.knn_max_train, seed=seed)
         self.val_set = PatchDataset(source, split=cfg.knn_val_split, bands=bands, limit=cfg.knn_max_val, seed=seed,
                                     classes=self.train_set.classes)
         self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
 
     def run(self, pl_module: Any) -> float:
         from geossl.probe.features import extract_features

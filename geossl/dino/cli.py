@@ -11,7 +11,9 @@ from geossl.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--run-dir", required=True, help="folder for checkpoints, logs, curves and the encoder")
+    parser.add_argument("--run-dir", help="folder for checkpoints, logs, curves and the encoder (required to train)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the fully resolved config (file + overrides + --init architecture) as YAML and exit")
     parser.add_argument("--checkpoint-dir", help="checkpoints here instead of RUN/checkpoints (SageMaker: /opt/ml/checkpoints)")
     parser.add_argument("--export-dir", help="exported encoder here instead of RUN/encoder (SageMaker: the model dir)")
     parser.add_argument("--resume", default="auto",
@@ -28,6 +30,15 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"model.init={args.init}"] if args.init else [])
     cfg = load_config(args.config, overrides)
+    if args.print_config:
+        import yaml
+
+        from geossl.dino.init import with_init_architecture
+
+        print(yaml.safe_dump(with_init_architecture(cfg).to_dict(), sort_keys=False), end="")
+        return 0
+    if not args.run_dir:
+        raise ValueError("--run-dir: required to train (name a folder for checkpoints, logs and the encoder)")
     summary = pretrain(cfg, args.run_dir, checkpoint_dir=args.checkpoint_dir, export_dir=args.export_dir,
                        resume=args.resume)
     line = (f"pretrain {summary['status']}: {summary['steps']} steps ({summary['epochs']} epochs) in "

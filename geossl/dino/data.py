@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import lightning as L
@@ -191,4 +192,19 @@ class PretrainDataModule(L.LightningDataModule):
             drop_last=True,
             persistent_workers=workers > 0,  # the epoch reaches them through shared memory
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=functools.partial(init_worker, rank=trainer.global_rank),
         )
+
+
+def init_worker(worker_id: int, rank: int) -> None:
+    """DataLoader workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and the
+    main process saves ``last.ckpt`` at the next step (it needs its workers for that); then Lightning's
+    own worker seeding, exactly as it would add it without a worker_init_fn."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)

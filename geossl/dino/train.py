@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.config import Config, config_from_dict
@@ -43,6 +44,14 @@ from geossl.dino.data import (
 )
 from geossl.dino.init import initialize_from_encoder, with_init_architecture
 from geossl.dino.module import DINOModule
+from geossl.dino.run_folder import (
+    AppendingCSVLogger,
+    RunLock,
+    check_writable,
+    clean_partial_files,
+    describe_os_error,
+    is_launching_process,
+)
 from geossl.io import atomic_write_json, atomic_write_text, read_json
 from geossl.models.encoder import export_encoder
 
@@ -88,16 +97,22 @@ def _resume_point(run_dir: Path, checkpoint_dir: Path, resume: str) -> Path | No
             raise FileExistsError(f"{run_dir}: already holds a run (checkpoints or summary.json); "
                                   "use --resume auto to continue it or choose a new --run-dir")
         return None
+    if finished:  # auto or an explicit checkpoint: a finished run's encoder and summary are never replaced
+        raise FileExistsError(f"{run_dir}: already holds a finished run (summary.json); "
+                              "choose a new --run-dir (nothing was overwritten)")
     if resume == "auto":
-        ckpt = find_resume_checkpoint(checkpoint_dir)
-        if finished:
-            raise FileExistsError(f"{run_dir}: already holds a finished run (summary.json); "
-                                  "choose a new --run-dir (nothing was overwritten)")
-        return ckpt
+        return find_resume_checkpoint(checkpoint_dir)
     ckpt = Path(resume)
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint to resume from not found")
     return ckpt
+
+
+@dataclass
+class RunPaths:
+    run_dir: Path
+    checkpoint_dir: Path
+    export_dir: Path
 
 
 def pretrain(
@@ -111,16 +126,30 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain a ViT with DINO as ``cfg`` says; returns a summary (``status`` finished | interrupted).
 
-    ``callbacks`` are added to the Trainer's (e.g. your own logging); the run folder is refused or
-    resumed, never silently overwritten (``resume``: auto | never | a checkpoint path).
+    ``callbacks`` are added to the Trainer's (e.g. your own logging); the run folder is locked for the
+    run, and refused or resumed, never silently overwritten (``resume``: auto | never | a checkpoint path).
     """
     started = time.perf_counter()
-    cfg = with_init_architecture(cfg)
-    run_dir = Path(run_dir)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else run_dir / "checkpoints"
-    export_dir = Path(export_dir) if export_dir else run_dir / "encoder"
+    run = Path(run_dir)
+    paths = RunPaths(run, Path(checkpoint_dir) if checkpoint_dir else run / "checkpoints",
+                     Path(export_dir) if export_dir else run / "encoder")
+    lock = RunLock(run) if is_launching_process() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _pretrain_locked(with_init_architecture(cfg), paths, resume, list(callbacks or []), started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: list[L.Callback],
+                     started: float) -> dict[str, Any]:
     accelerator = _accelerator(cfg)
-    ckpt = _resume_point(run_dir, checkpoint_dir, resume)
+    ckpt = _resume_point(paths.run_dir, paths.checkpoint_dir, resume)
+    if is_launching_process():
+        check_writable(paths.run_dir, paths.checkpoint_dir)
+        clean_partial_files(paths.run_dir, paths.checkpoint_dir, paths.export_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dataset = build_pretrain_dataset(cfg)
@@ -138,24 +167,60 @@ def pretrain(
         check_resume_compatible(ckpt, module_args)
     module = DINOModule(**module_args)
     init_report = initialize_from_encoder(module.model, cfg, stats) if cfg.model.init and ckpt is None else None
-    datamodule = PretrainDataModule(cfg, dataset)
 
     printer = MetricPrinter(cfg.trainer.log_every_steps)
-    extra_callbacks = list(callbacks or [])
-    callbacks = [
-        printer,
-        SigtermCheckpoint(checkpoint_dir),
-        FiniteModelCheckpoint(dirpath=checkpoint_dir, filename="step-{step:08d}", save_top_k=-1, save_last=False,
-                              every_n_train_steps=cfg.trainer.checkpoint_every_steps, auto_insert_metric_name=False),
-        FinalCheckpoint(checkpoint_dir),
+    knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed, cfg.data.root) if cfg.eval.knn_data else None
+    sigterm = SigtermCheckpoint(paths.checkpoint_dir)
+    callbacks: list[L.Callback] = [
+        printer, sigterm,
+        FiniteModelCheckpoint(dirpath=paths.checkpoint_dir, filename="step-{step:08d}", save_top_k=-1,
+                              save_last=False, every_n_train_steps=cfg.trainer.checkpoint_every_steps,
+                              auto_insert_metric_name=False, keep_last=cfg.trainer.keep_last,
+                              keep_every=cfg.trainer.keep_every),
+        FinalCheckpoint(paths.checkpoint_dir),
+        *([knn] if knn else []), *user_callbacks,
     ]
-    knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed) if cfg.eval.knn_data else None
-    if knn:
-        callbacks.append(knn)
-    callbacks.extend(extra_callbacks)
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_steps))
-    trainer = L.Trainer(
+    resume_step = int(load_checkpoint_file(ckpt).get("global_step", 0)) if ckpt else None
+    trainer = _build_trainer(cfg, accelerator, paths.run_dir, callbacks, resume_step)
+    if trainer.is_global_zero:
+        atomic_write_text(paths.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        stats.save(paths.run_dir / "stats.json")
+    if cfg.trainer.compile:
+        apply_compile(module)
+
+    status = _fit(trainer, module, PretrainDataModule(cfg, dataset), ckpt, paths.checkpoint_dir)
+    if sigterm.saved_at is not None:
+        status = "interrupted"
+    summary: dict[str, Any] = {
+        "status": status,
+        "steps": int(trainer.global_step),
+        "epochs": round(trainer.global_step / module.steps_per_epoch, 3),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "init": init_report,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "dataset": f"{len(dataset)} samples, {in_chans} bands ({dtype})",
+        "checkpoint_dir": str(paths.checkpoint_dir),
+        "encoder_dir": None,
+        "final_loss": printer.history[-1]["loss"] if printer.history else None,
+        "knn_top1": knn.history[-1]["knn_top1"] if knn and knn.history else None,
+    }
+    if trainer.is_global_zero:
+        if status == "finished":
+            export_encoder(module.model.teacher.backbone, module.teacher_encoder().meta, paths.export_dir)
+            summary["encoder_dir"] = str(paths.export_dir)
+        from geossl.dino.plots import plot_curves
+
+        plot_curves(printer.history, knn.history if knn else [], paths.run_dir / "curves.png")
+        atomic_write_json(paths.run_dir / "summary.json", summary)
+    return summary
+
+
+def _build_trainer(cfg: Config, accelerator: str, run_dir: Path, callbacks: list[L.Callback],
+                   resume_step: int | None) -> L.Trainer:
+    """The Lightning Trainer; ``trainer.kwargs`` passes any other Trainer argument through."""
+    return L.Trainer(
         accelerator=accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
@@ -165,7 +230,7 @@ def pretrain(
         max_time={"minutes": cfg.trainer.max_minutes} if cfg.trainer.max_minutes else None,
         callbacks=callbacks,
         logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""),
-                CSVLogger(run_dir / "logs", name="csv", version="")],
+                AppendingCSVLogger(run_dir / "logs", name="csv", version="", resume_step=resume_step)],
         log_every_n_steps=cfg.trainer.log_every_steps,
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
@@ -173,48 +238,26 @@ def pretrain(
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
+        **cfg.trainer.kwargs,
     )
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        stats.save(run_dir / "stats.json")
-    if cfg.trainer.compile:
-        apply_compile(module)
 
-    status = "finished"
+
+def _fit(trainer: L.Trainer, module: DINOModule, datamodule: PretrainDataModule, ckpt: Path | None,
+         checkpoint_dir: Path) -> str:
+    """Run ``trainer.fit``; "finished" or "interrupted" (SIGTERM/SIGINT). A failed write (full disk,
+    read-only folder) is one line naming the folder; the newest complete checkpoint stays the resume point."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         except SIGTERMException:
-            status = "interrupted"
-    sigterm = next(c for c in callbacks if isinstance(c, SigtermCheckpoint))
-    if sigterm.saved_at is not None:
-        status = "interrupted"
-
-    summary: dict[str, Any] = {
-        "status": status,
-        "steps": int(trainer.global_step),
-        "epochs": round(trainer.global_step / module.steps_per_epoch, 3),
-        "resumed_from": str(ckpt) if ckpt else None,
-        "init": init_report,
-        "wall_time_s": round(time.perf_counter() - started, 1),
-        "dataset": f"{len(dataset)} samples, {in_chans} bands ({dtype})",
-        "checkpoint_dir": str(checkpoint_dir),
-        "encoder_dir": None,
-        "final_loss": printer.history[-1]["loss"] if printer.history else None,
-        "knn_top1": knn.history[-1]["knn_top1"] if knn and knn.history else None,
-    }
-    if trainer.is_global_zero:
-        if status == "finished":
-            export_encoder(module.model.teacher.backbone, module.teacher_encoder().meta, export_dir)
-            summary["encoder_dir"] = str(export_dir)
-        from geossl.dino.plots import plot_curves
-
-        plot_curves(printer.history, knn.history if knn else [], run_dir / "curves.png")
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+            return "interrupted"
+        except OSError as exc:
+            where = exc.filename or checkpoint_dir
+            raise OSError(exc.errno, f"{where}: write failed ({describe_os_error(exc)}); "
+                                     "the newest complete checkpoint is kept for --resume") from None
+    return "finished"
 
 
 def apply_compile(module: DINOModule) -> None:

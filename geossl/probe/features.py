@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from geossl.data.patches import SPLIT_NAMES, PatchDataset, read_label_csv, stratified_split
+from geossl.data.patches import SPLIT_NAMES, PatchDataset, check_split_leaks, read_label_csv, stratified_split
 from geossl.io import atomic_path, atomic_write_text
 from geossl.models.encoder import META_FILE, WEIGHTS_FILE, Encoder
 
@@ -130,6 +130,7 @@ def load_split_table(data: str | Path, splits: str | Path | None = None, seed: i
         classes=classes,
         source=source,
     )
+    check_split_leaks(table.paths, list(table.splits), source)
     _check_counts(table, stratified)
     return table
 

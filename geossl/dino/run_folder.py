@@ -1,0 +1,164 @@
+"""The pretraining run folder: one writer at a time, no leftovers, bounded checkpoints, logs kept across resumes.
+
+- :class:`RunLock`: an ``fcntl`` lock on ``RUN/.lock`` held for the whole run, so a second ``pretrain`` on
+  the same folder is refused instead of interleaving checkpoints. The kernel drops it when the process
+  dies (even ``kill -9``), so there is never a stale lock to clean by hand.
+- :func:`clean_partial_files`: temporary ``.*.partial`` files an atomic write left behind when the
+  process died mid-write; never a resume point, removed at start.
+- :func:`check_writable`: a read-only folder or a full disk is one line naming the path, before any work.
+- :func:`prune_checkpoints`: keep the newest N periodic checkpoints plus every K-th (``trainer.keep_last``,
+  ``trainer.keep_every``); ``last.ckpt`` is never touched.
+- :class:`AppendingCSVLogger`: Lightning's CSV writer deletes ``metrics.csv`` when a run resumes; this
+  one keeps the earlier rows (dropping those logged after the checkpoint the run resumes from).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+log = logging.getLogger("geossl")
+STEP_CHECKPOINT = re.compile(r"step-(\d+)\.ckpt$")
+
+
+def is_launching_process() -> bool:
+    """True in the process that owns the run folder: not a DDP worker spawned by Lightning or torchrun."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on ``RUN/.lock`` (see module docstring)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._handle: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(f"{self.path.parent}: another geossl pretrain ({owner}) is running in this folder; "
+                               "wait for it to end or choose another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def clean_partial_files(*folders: Path) -> int:
+    """Remove the ``.NAME.*.partial`` files atomic writes leave when the process dies mid-write."""
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(".*.partial"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d partial file(s) left by an interrupted write", removed)
+    return removed
+
+
+def check_writable(*folders: Path) -> None:
+    """Create each folder and write a probe file in it; a read-only folder or a full disk names the path."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}.partial"
+            probe.write_bytes(b"0" * 4096)
+            probe.unlink()
+        except OSError as exc:
+            raise OSError(exc.errno, f"{folder}: cannot write here ({describe_os_error(exc)})") from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "no permission to write (read-only folder or file system)"
+    return exc.strerror or str(exc)
+
+
+def prune_checkpoints(directory: Path, keep_last: int, keep_every: int, every_steps: int) -> list[Path]:
+    """Delete periodic ``step-*.ckpt`` beyond the newest ``keep_last``, sparing multiples of ``keep_every``
+    checkpoints (``keep_every`` x ``every_steps`` steps); 0 keeps all. Returns what was deleted."""
+    if keep_last <= 0:
+        return []
+    found = sorted((int(m.group(1)), p) for p in directory.glob("step-*.ckpt") if (m := STEP_CHECKPOINT.search(p.name)))
+    deleted = []
+    for step, path in found[:-keep_last]:
+        if keep_every > 0 and every_steps > 0 and step % (keep_every * every_steps) == 0:
+            continue
+        path.unlink(missing_ok=True)
+        deleted.append(path)
+    return deleted
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` (rows before ``resume_step``) instead of deleting it."""
+
+    def __init__(self, log_dir: str, resume_step: int | None) -> None:
+        self._resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows, keys = list(reader), list(reader.fieldnames or [])
+        if self._resume_step is None:  # a fresh start in a folder with old logs: they belong to no run
+            path.unlink()
+            return
+        kept = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) < self._resume_step]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.metrics_keys = sorted(keys)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger whose ``metrics.csv`` survives resumes (see :class:`_AppendingWriter`)."""
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(self.log_dir, self._resume_step)
+        return self._experiment

@@ -1,0 +1,184 @@
+"""The run folder: a lock, SIGINT like SIGTERM, logs and curves across resumes, retention, no leftovers,
+one-line errors for a full disk, and config conveniences (--print-config, trainer.kwargs)."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from dino_helpers import TINY, make_patch_folder, tiny_config
+
+from geossl.cli import main
+from geossl.dino.checkpoint import load_checkpoint_file
+from geossl.dino.run_folder import RunLock, prune_checkpoints
+from geossl.dino.train import pretrain
+
+
+class SignalAt(L.Callback):
+    """Sends this process a real signal before step ``k`` runs."""
+
+    def __init__(self, k: int, signum: int) -> None:
+        self.k, self.signum = k, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.k - 1:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture()
+def patches(tmp_path):
+    return make_patch_folder(tmp_path / "patches", n_per_class=16)  # 32 patches / batch 8 = 4 steps per epoch
+
+
+def csv_steps(run: Path) -> list[int]:
+    with open(run / "logs" / "csv" / "metrics.csv", newline="") as fh:
+        return [int(float(r["step"])) for r in csv.DictReader(fh) if r.get("train/loss")]
+
+
+def test_sigint_saves_then_resume_keeps_logs_and_curve_history(tmp_path, patches):
+    data, stats = patches
+    cfg = tiny_config(data, stats, ["optim.epochs=3", "trainer.log_every_steps=1"])
+    first = pretrain(cfg, tmp_path / "run", callbacks=[SignalAt(6, signal.SIGINT)])
+    assert first["status"] == "interrupted" and first["steps"] == 6 and first["encoder_dir"] is None
+    assert load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    logged_before = csv_steps(tmp_path / "run")
+    assert logged_before and max(logged_before) <= 6
+
+    second = pretrain(cfg, tmp_path / "run")
+    assert second["status"] == "finished" and second["steps"] == 12
+    steps = csv_steps(tmp_path / "run")
+    assert set(logged_before) <= set(steps) and max(steps) >= 11  # rows of both segments, none lost
+    assert len(steps) == len(set(steps))  # and none twice
+    history = load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"]
+    printer = next(v for k, v in history.items() if "MetricPrinter" in k)
+    assert [h["step"] for h in printer["history"]][:3] == [1, 2, 3]  # curves.png is drawn from the whole run
+
+
+def test_a_second_pretrain_on_a_locked_folder_is_refused(tmp_path, patches, capsys):
+    data, stats = patches
+    config = tmp_path / "c.yaml"
+    config.write_text("{}")
+    with RunLock(tmp_path / "run"):
+        args = ["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), *TINY,
+                f"data.paths=[{data}]", f"data.stats={stats}"]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"another geossl pretrain (pid {os.getpid()}) is running" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert main(args) == 0  # released: the run goes ahead
+
+
+def test_explicit_resume_into_a_finished_run_is_refused(tmp_path, patches):
+    data, stats = patches
+    cfg = tiny_config(data, stats, ["optim.epochs=1"])
+    pretrain(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        pretrain(cfg, tmp_path / "run", resume=str(ckpt))
+
+
+def test_retention_keeps_the_newest_and_every_kth(tmp_path, patches):
+    data, stats = patches
+    cfg = tiny_config(data, stats, ["optim.epochs=2", "trainer.checkpoint_every_steps=1", "trainer.keep_last=2",
+                                    "trainer.keep_every=3"])
+    pretrain(cfg, tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*.ckpt"))
+    assert kept == ["step-00000003.ckpt", "step-00000006.ckpt", "step-00000007.ckpt", "step-00000008.ckpt"]
+
+
+def test_prune_reference(tmp_path):
+    """Reference: with checkpoints every 5 steps, keep the newest 2 and every 3rd (multiples of 15)."""
+    for step in range(5, 55, 5):
+        (tmp_path / f"step-{step:08d}.ckpt").write_bytes(b"x")
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep_last=2, keep_every=3, every_steps=5)
+    left = sorted(int(p.stem.split("-")[1]) for p in tmp_path.glob("step-*.ckpt"))
+    assert left == [15, 30, 45, 50] and (tmp_path / "last.ckpt").exists()
+    prune_checkpoints(tmp_path, keep_last=0, keep_every=0, every_steps=5)  # 0 keeps everything
+    assert len(list(tmp_path.glob("step-*.ckpt"))) == 4
+
+
+def test_partial_files_are_cleaned_at_start(tmp_path, patches):
+    data, stats = patches
+    leftovers = [tmp_path / "run" / "checkpoints" / ".last.ckpt.abc.ckpt.partial",
+                 tmp_path / "run" / ".summary.json.xyz.partial"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    pretrain(tiny_config(data, stats, ["optim.epochs=1"]), tmp_path / "run")
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, patches, capsys, monkeypatch):
+    import geossl.dino.checkpoint as ckpt_module
+
+    data, stats = patches
+    config = tmp_path / "c.yaml"
+    config.write_text("{}")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", no_space)
+    args = ["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), *TINY,
+            f"data.paths=[{data}]", f"data.stats={stats}", "optim.epochs=1", "trainer.checkpoint_every_steps=1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoints" in err and "the disk is full" in err, err
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.partial"))
+
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: no_space())  # the folder check at start
+    assert main([*args[:4], str(tmp_path / "other"), *args[5:]]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "other: cannot write here (the disk is full)" in err
+
+
+def test_print_config_and_trainer_kwargs(tmp_path, patches, capsys):
+    data, stats = patches
+    assert main(["pretrain", "--config", "configs/demo.yaml", "--print-config", "optim.epochs=7",
+                 "trainer.kwargs={accumulate_grad_batches: 2}"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["epochs"] == 7 and printed["model"]["arch"] == "vit_tiny_r_s16_p8_224"
+    assert printed["trainer"]["kwargs"] == {"accumulate_grad_batches": 2}
+
+    seen = {}
+
+    class Look(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["accumulate"] = trainer.accumulate_grad_batches
+
+    cfg = tiny_config(data, stats, ["optim.epochs=1", "trainer.kwargs={accumulate_grad_batches: 2}"])
+    pretrain(cfg, tmp_path / "run", callbacks=[Look()])
+    assert seen["accumulate"] == 2
+
+
+def test_knn_data_follows_data_root(tmp_path, monkeypatch):
+    """eval.knn_data's $GEOSSL_DATA means data.root, as data.paths does."""
+    monkeypatch.delenv("GEOSSL_DATA", raising=False)
+    root = tmp_path / "root"
+    data, stats = make_patch_folder(root / "mine", n_per_class=8)
+    cfg = tiny_config(data, stats, ["optim.epochs=1", f"data.root={root}", "eval.knn_data=$GEOSSL_DATA/mine"])
+    summary = pretrain(cfg, tmp_path / "run")
+    assert summary["knn_top1"] is not None
+
+
+def test_a_file_in_two_splits_is_refused(tmp_path, capsys):
+    data, _ = make_patch_folder(tmp_path / "patches", n_per_class=6)
+    files = sorted(p.relative_to(data) for p in data.rglob("*.png"))
+    rows = ["path,label,split"] + [f"{p},{p.parent},{('train', 'val', 'test')[i % 3]}" for i, p in enumerate(files)]
+    rows.append(f"./{files[0]},{files[0].parent},test")  # the first (train) file again, spelled differently
+    (data / "splits.csv").write_text("\n".join(rows) + "\n")
+    from geossl.data.patches import PatchDataset
+    from geossl.probe.features import load_split_table
+
+    for load in (lambda: PatchDataset(data, split="train"), lambda: load_split_table(data)):
+        with pytest.raises(ValueError, match=r"splits\.csv: .*bright_0\.png is in both the 'train' and the 'test'"):
+            load()
