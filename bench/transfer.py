@@ -10,8 +10,8 @@ architecture (the demo's conv-stem ViT-tiny):
 - ``rgb-init, frozen``: the adapted RGB encoder with no MS training at all (new bands' filters zero);
 - the probe's baselines: band statistics (13 bands x 7 statistics) and the architecture at random init.
 
-Each run's schedule is sized from its own timed img/s to end at MINUTES; the online k-NN monitor is
-off, so the minutes are training minutes.
+Both schedules are sized from one timed img/s of this architecture to end at MINUTES (equal steps,
+so equal compute even when the machine is busy); the online k-NN monitor is off.
 
     python bench/transfer.py --rgb-encoder runs/demo/pretrain/encoder --minutes 5 --run-dir runs/transfer
 
@@ -49,10 +49,11 @@ def geossl(*args: str) -> None:
                    check=True)
 
 
-def pretrain_for(minutes: float, run_dir: Path, overrides: list[str], n_train: int) -> dict[str, Any]:
+def pretrain_for(minutes: float, run_dir: Path, overrides: list[str], n_train: int, speed: float) -> dict[str, Any]:
+    """One run whose schedule is sized to ``minutes`` at ``speed`` img/s (timed once for both runs: the
+    architecture is the same, so equal steps are equal compute, whatever else the machine is doing)."""
     from geossl.dino.train import pretrain
 
-    speed = throughput(CONFIG, overrides)
     batch = load_config(CONFIG, overrides).data.batch_size
     sizing, info = C.sized_overrides(speed * minutes * 60, n_train, batch)
     cfg = load_config(CONFIG, [*overrides, *sizing, "eval.knn_data=null", "trainer.progress_bar=false",
@@ -75,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the RGB demo encoder (make demo writes it)")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/transfer"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished pretraining runs in RUN and only (re)probe them")
+    parser.add_argument("--init-overrides", nargs="*", default=[],
+                        help="config overrides for the --init run only (e.g. model.init_new_bands=mean)")
     args = parser.parse_args(argv)
     if not (args.rgb_encoder / "geossl.json").is_file():
         raise SystemExit(f"transfer: {args.rgb_encoder}: no encoder; run `make demo` first or pass --rgb-encoder")
     C.quiet_lightning()
     root, run = data_root(), args.run_dir
-    if run.exists():
+    if run.exists() and not args.reuse:
         shutil.rmtree(run)
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        return report(args, run, root, {name: reused(run / name) for name in ("init", "scratch")})
     geossl("stats", "--input", str(root / "eurosat-ms"), "--out", str(run / "ms_stats.json"), "--tiles", "575")
     geossl("import-encoder", "--from", str(args.rgb_encoder), "--bands", "B04,B03,B02", "--out", str(run / "rgb"))
     geossl("import-encoder", "--from", str(run / "rgb"), "--adapt-bands", MS_BANDS,
@@ -94,10 +101,26 @@ def main(argv: list[str] | None = None) -> int:
     arch = json.loads((args.rgb_encoder / "geossl.json").read_text())
     scratch_arch = [f"model.arch={arch['timm_name']}", f"model.patch_size={arch['timm_kwargs'].get('patch_size')}",
                     f"model.extra={{depth: {arch['timm_kwargs'].get('depth', 12)}}}"]
+    speed = throughput(CONFIG, [*common, *scratch_arch, *SCRATCH])
     runs = {
-        "init": pretrain_for(args.minutes, run / "init", [*common, f"model.init={run / 'rgb'}"], n_train),
-        "scratch": pretrain_for(args.minutes, run / "scratch", [*common, *scratch_arch, *SCRATCH], n_train),
+        "init": pretrain_for(args.minutes, run / "init",
+                             [*common, f"model.init={run / 'rgb'}", *args.init_overrides], n_train, speed),
+        "scratch": pretrain_for(args.minutes, run / "scratch", [*common, *scratch_arch, *SCRATCH], n_train, speed),
     }
+    return report(args, run, root, runs)
+
+
+def reused(run_dir: Path) -> dict[str, Any]:
+    """A finished run of an earlier invocation, as :func:`pretrain_for` describes it."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("status") != "finished":
+        raise SystemExit(f"transfer --reuse: {run_dir} holds no finished run")
+    return {"steps": summary["steps"], "epochs": summary["epochs"], "wall_time_s": summary["wall_time_s"],
+            "encoder": summary["encoder_dir"], "init": summary.get("init"), "reused": True}
+
+
+def report(args: argparse.Namespace, run: Path, root: Path, runs: dict[str, dict[str, Any]]) -> int:
+    """Probe the two runs and the frozen adapted encoder; write the table and the JSON line."""
     cache = run / "probe-cache"
     rows: dict[str, dict[str, Any]] = {}
     m = probe(runs["init"]["encoder"], run / "probe-init", root, cache, random_baseline=True)
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {n} | {100 * r['linear_top1']:.1f} | {100 * r['knn_top1']:.1f} |" for n, r in table.items()]
     (run / "transfer.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)
-    result = {"bench": "transfer", "minutes": args.minutes, "machine": machine(), "runs": runs, "table": table,
+    result = {"bench": "transfer", "minutes": args.minutes, "init_overrides": args.init_overrides, "machine": machine(), "runs": runs, "table": table,
               "init_minus_scratch_linear_points": gain, "goal_points": 5.0, "goal_met": gain >= 5.0,
               "test_count": m["counts"]["test"]["total"]}
     (run / "transfer.json").write_text(json.dumps(result, indent=1))

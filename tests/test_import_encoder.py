@@ -231,3 +231,33 @@ def test_missing_normalisation_and_sources_are_refused(tmp_path, capsys):
     assert "name exactly one source" in capsys.readouterr().err
     assert import_cli("--torchgeo", "ViTSmall16_Weights.NOPE", "--weights", "x", "--out", str(tmp_path / "o")) == 1
     assert "not a torchgeo weights enum member" in capsys.readouterr().err
+
+
+def test_imported_encoders_serve_probe_features_and_attention(tmp_path):
+    """DINOv2 with registers and DINOv3 (timm's Eva class) give probe features of the right size; attention
+    maps work with registers and are refused, clearly, for rotary-embedding attention."""
+    from geossl.predict.attention import attention_maps
+
+    for name, size in (("vit_small_patch14_reg4_dinov2", 56), ("vit_small_patch16_dinov3", 64)):
+        source = small(name, img_size=size, **VIT)
+        torch.save(source.state_dict(), tmp_path / f"{name}.pth")
+        out = tmp_path / name
+        assert import_cli("--timm", name, "--weights", str(tmp_path / f"{name}.pth"), "--bands", "R,G,B", *IMAGENET,
+                          "--img-size", str(size), "--timm-kwargs", json.dumps(VIT), "--out", str(out)) == 0
+        encoder = load_encoder(out)
+        raw = torch.rand(2, 3, size, size) * 255
+        with torch.no_grad():
+            for recipe in ("cls", "cls_last4", "last4_avgpool_cls"):
+                features = encoder.features(raw, recipe)
+                assert features.shape == (2, encoder.feature_dim(recipe)) and torch.isfinite(features).all()
+            tokens = source.forward_features(encoder.normalize(raw))
+            patches = tokens[:, source.num_prefix_tokens:]  # registers are not patches
+            torch.testing.assert_close(encoder.features(raw, "cls_avgpool"),
+                                       torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1), atol=1e-5, rtol=1e-5)
+        if name.endswith("dinov2"):
+            maps = attention_maps(encoder, raw)
+            assert maps.shape == (2, 6, size // 14, size // 14)
+            torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(2, 6))
+        else:
+            with pytest.raises(ValueError, match="rotary position embeddings"):
+                attention_maps(encoder, raw)

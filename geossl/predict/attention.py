@@ -22,6 +22,11 @@ from geossl.plotting import save_png
 
 
 def _last_attention(encoder: Encoder) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(encoder.backbone, VisionTransformer):  # e.g. Eva (DINOv3): RoPE is applied inside attention
+        raise ValueError(f"{encoder.meta.timm_name}: attention maps are read from timm VisionTransformer blocks; "
+                         f"{type(encoder.backbone).__name__} applies rotary position embeddings inside its attention")
     blocks = getattr(encoder.backbone, "blocks", None)
     if blocks is None or not len(blocks) or not hasattr(blocks[-1], "attn") or not hasattr(blocks[-1].attn, "qkv"):
         raise ValueError(f"{encoder.meta.timm_name}: no timm ViT attention block (blocks[-1].attn.qkv) to read")
