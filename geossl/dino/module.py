@@ -279,6 +279,7 @@ class DINOModule(L.LightningModule):
             embed_dim=self.model.embed_dim,
             gsd=cfg.data.gsd,
             feature_recipe=cfg.model.feature_recipe,
+            band_indices=list(cfg.data.bands) if cfg.data.bands else None,
             extra={"steps": int(self.global_step), "config": cfg.to_dict()},
         )
         return Encoder(backbone, meta)

@@ -46,6 +46,9 @@ class EncoderMeta:
     p2: list[float] | None = None  # 2nd/98th percentiles: for RGB renderings of any band count
     p98: list[float] | None = None
     feature_recipe: str = "cls_last4"  # what probes use by default
+    # 1-based bands of the training files it read (data.bands), when a subset: classify/embed default to
+    # them for files with more bands whose descriptions do not name the model's bands.
+    band_indices: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: config, steps, epochs
 
     @property

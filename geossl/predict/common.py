@@ -7,6 +7,7 @@ results fails in a second with one line naming the file, not after an hour of in
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,8 @@ import torch
 from geossl.models.encoder import EncoderMeta
 
 STATS_Z_LIMIT = 10.0  # band medians further than this many model stds from the model mean are a mismatch
+
+log = logging.getLogger("geossl")
 
 
 @contextlib.contextmanager
@@ -75,6 +78,10 @@ def resolve_bands(
     wanted = [b.strip().lower() for b in meta.bands]
     if names and all(w in names for w in wanted) and count != need:
         return [names.index(w) + 1 for w in wanted]
+    trained = list(meta.band_indices or [])
+    if count != need and len(trained) == need and max(trained) <= count:
+        log.info("%s: using bands %s, the bands of the files the encoder was trained on", source, trained)
+        return trained
     if count != need:
         hint = f"; select and order them with --bands (e.g. --bands {','.join(str(i) for i in range(1, need + 1))})"
         raise ValueError(f"{source}: has {count} bands, {expects}" + (hint if count > need else ""))
