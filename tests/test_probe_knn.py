@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from geossl.probe.knn import knn_predict, knn_top1
+from geossl.evaluation.knn import knn_predict, knn_top1
 
 
 def brute_force(train: list[list[float]], labels: list[int], query: list[list[float]], c: int, k: int, t: float):

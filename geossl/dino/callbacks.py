@@ -185,8 +185,8 @@ class KNNMonitor(L.Callback):
         self.history = list(state_dict.get("history", []))
 
     def run(self, pl_module: Any) -> float:
-        from geossl.probe.features import extract_features
-        from geossl.probe.knn import knn_top1
+        from geossl.evaluation.features import extract_features
+        from geossl.evaluation.knn import knn_top1
 
         encoder = pl_module.teacher_encoder()
         train_x, val_x = (extract_features(encoder, data, "cls", device=pl_module.device, desc="online k-NN")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from geossl.probe.features import SplitTable, cache_key, cached_table_features, map_dataset
+from geossl.evaluation.features import map_dataset
+from geossl.probe.features import SplitTable, cache_key, cached_table_features
 
 BAND_STAT_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 BAND_STAT_NAMES: tuple[str, ...] = ("mean", "std", *(f"p{round(100 * q)}" for q in BAND_STAT_QUANTILES))

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 
 from geossl.data.patches import SPLIT_NAMES, PatchDataset, check_split_leaks, read_label_csv, stratified_split
+from geossl.evaluation.features import extract_features
 from geossl.io import atomic_path, atomic_write_text
 from geossl.models.encoder import META_FILE, WEIGHTS_FILE, Encoder
 
@@ -188,44 +188,6 @@ def cache_key(encoder_dir: Path | None, recipe: str, paths: list[Path]) -> str:
         st = p.stat()
         digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
-
-
-def map_dataset(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    dataset: PatchDataset,
-    dim: int,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    desc: str = "features",
-) -> torch.Tensor:
-    """``fn`` over every image batch of ``dataset``: (N, dim) float32 on the CPU, in dataset order, with a bar."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-    )
-    out = torch.empty(len(dataset), dim, dtype=torch.float32)
-    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            out[batch["index"]] = fn(x).float().cpu()
-            bar.update(x.shape[0])
-    return out
-
-
-def extract_features(
-    encoder: Encoder,
-    dataset: PatchDataset,
-    recipe: str,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    desc: str = "features",
-) -> torch.Tensor:
-    """Encoder features (N, D) float32 on the CPU, in dataset order; batched, under inference_mode."""
-    encoder = encoder.to(device).eval()
-    return map_dataset(lambda x: encoder.features(x, recipe), dataset, encoder.feature_dim(recipe),
-                       batch_size, num_workers, device, desc)
 
 
 def cached_features(

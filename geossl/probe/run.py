@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossl.evaluation.knn import knn_predict
 from geossl.io import atomic_write_json
 from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder, read_meta
 from geossl.models.landcover import save_landcover_model
 from geossl.probe.baselines import BAND_STAT_NAMES, band_statistics_features, standardize
 from geossl.probe.features import SplitTable, cached_features, check_recipe, load_split_table
-from geossl.probe.knn import knn_predict
 from geossl.probe.linear import DEFAULT_WEIGHT_DECAYS, balanced_indices, fit_linear_probe, top1
 from geossl.probe.metrics import confusion_matrix, per_class_report, write_confusion_csv
 from geossl.probe.plots import plot_confusion, plot_label_efficiency

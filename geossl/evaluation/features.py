@@ -1,0 +1,48 @@
+"""Frozen features of a patch dataset, in dataset order: the online k-NN monitor and the probe use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from geossl.models.encoder import Encoder
+
+
+def map_dataset(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: torch.utils.data.Dataset,
+    dim: int,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+) -> torch.Tensor:
+    """``fn`` over every image batch of ``dataset``: (N, dim) float32 on the CPU, in dataset order, with a bar."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    out = torch.empty(len(dataset), dim, dtype=torch.float32)
+    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            out[batch["index"]] = fn(x).float().cpu()
+            bar.update(x.shape[0])
+    return out
+
+
+def extract_features(
+    encoder: Encoder,
+    dataset: torch.utils.data.Dataset,
+    recipe: str,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+) -> torch.Tensor:
+    """Encoder features (N, D) float32 on the CPU, in dataset order; batched, under inference_mode."""
+    encoder = encoder.to(device).eval()
+    return map_dataset(lambda x: encoder.features(x, recipe), dataset, encoder.feature_dim(recipe),
+                       batch_size, num_workers, device, desc)
