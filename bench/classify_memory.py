@@ -93,7 +93,7 @@ def main() -> None:
         args.scene, args.model, args.out = args.child
         return child(args)
 
-    from geossl.predict.synthetic import make_tiny_model, write_synthetic_scene
+    from bench.synthetic import make_tiny_model, write_synthetic_scene
 
     size = args.size or (2048 if args.quick else 20000)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="geossl-bench-classify-"))

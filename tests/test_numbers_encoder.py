@@ -11,9 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from bench.synthetic import make_tiny_encoder
 from geossl.models.backbone import backbone_kwargs, create_backbone
 from geossl.models.encoder import META_FILE, WEIGHTS_FILE, EncoderMeta, export_encoder, load_encoder
-from geossl.predict.synthetic import make_tiny_encoder
 
 
 def tiny_backbone_and_meta() -> tuple[torch.nn.Module, EncoderMeta]:

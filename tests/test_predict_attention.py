@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.synthetic import make_tiny_encoder
 from geossl.cli import main
 from geossl.models.encoder import load_encoder
 from geossl.predict import attention_maps
-from geossl.predict.synthetic import make_tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
+from bench.synthetic import make_tiny_model
 from geossl.cli import main
 from geossl.predict.geojson import signed_area
-from geossl.predict.synthetic import make_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
+from bench.synthetic import make_tiny_model, write_synthetic_scene
 from geossl.models.landcover import LandCoverModel, load_landcover_model
 from geossl.predict.maps import NODATA_CLASS
 from geossl.predict.reader import SceneReader
 from geossl.predict.scene import axis_plan, classify_scene
-from geossl.predict.synthetic import make_tiny_model, write_synthetic_scene
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ import shapely
 from pyproj import Transformer
 from rasterio.warp import transform_bounds
 
+from bench.synthetic import make_tiny_model
 from geossl.cli import main
 from geossl.predict import classify_tiles, embed
 from geossl.predict.geojson import footprint_lonlat, signed_area
-from geossl.predict.synthetic import make_tiny_model
 
 MS_GLOB = "eurosat-ms/Forest/Forest_1*.tif"
 RGB_GLOB = "eurosat-rgb/River/River_1?.jpg"
