@@ -90,11 +90,20 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1).clamp_min(1e-6))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-band standardisation, cropped to whole patches.
+
+        A tile whose sides are not multiples of the patch size (a 63 px crop, an odd scene edge) loses its
+        last partial row/column of patches, as DINOv2 and our attention maps do; timm would assert.
+        A tile smaller than one patch is a clear error."""
         if x.ndim != 4 or x.shape[1] != self.meta.in_chans:
             raise ValueError(
                 f"encoder expects {self.meta.in_chans} bands {self.meta.bands}, got input of shape {tuple(x.shape)}"
             )
-        return (x.float() - self.mean) / self.std
+        p = self.meta.patch_size
+        h, w = x.shape[-2] // p * p, x.shape[-1] // p * p
+        if h == 0 or w == 0:
+            raise ValueError(f"input of {x.shape[-2]}x{x.shape[-1]} px is smaller than one {p} px patch of the encoder")
+        return (x[..., :h, :w].float() - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
