@@ -38,6 +38,10 @@ class DataConfig:
     gsd: float | None = None  # metres per pixel (recorded in the encoder; scenes: read from the files)
     batch_size: int = 64  # per device
     num_workers: int = 2
+    # patches: a bad file (unreadable, truncated, another band count/dtype/mode, wrong size) is skipped
+    # (the next good file serves instead), counted and listed in summary.json; the run stops, listing
+    # them, once more than this fraction of the dataset's files proved bad. 0 = stop on the first.
+    max_bad_fraction: float = 0.01
 
 
 @dataclass

@@ -74,7 +74,7 @@ RULES: dict[str, dict[str, Range]] = {
     "": {"seed": Range(low=0, high=2**32, high_open=True, integer=True)},  # numpy seeds are uint32
     "data": {"limit": OPTIONAL_COUNT, "tile_size": COUNT, "tiles_per_epoch": COUNT,
              "min_valid_fraction": PROBABILITY, "gsd": Range(low=0, low_open=True, optional=True),
-             "batch_size": COUNT, "num_workers": NON_NEGATIVE_INT},
+             "batch_size": COUNT, "num_workers": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY},
     "model": {"patch_size": OPTIONAL_COUNT, "drop_path_rate": Range(low=0, high=1, high_open=True)},
     "head": {"out_dim": COUNT, "hidden_dim": COUNT, "bottleneck_dim": COUNT, "n_layers": COUNT,
              "freeze_last_layer_epochs": NON_NEGATIVE},

@@ -2,8 +2,8 @@
 
 Images come back in the file's raw units (no scaling), so the same band statistics serve training and
 inference. Sources are validated up front (missing files, unknown labels, empty splits) because a typo
-found after an hour of pretraining costs an hour; per-file decode problems surface at ``__getitem__``
-with the file's name.
+found after an hour of pretraining costs an hour; a bad file surfaces at ``__getitem__`` as a
+:class:`BadPatchError` naming it, which pretraining and ``geossl stats`` skip and count instead of dying.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,8 @@ RASTERIO_EXTS = (".tif", ".tiff")
 SPLITS_FILE = "splits.csv"
 LABELS_FILE = "labels.csv"
 SPLIT_NAMES = ("train", "val", "test")
+PROBE_FILES = 5  # readable file headers that vote on a dataset's band count and dtype
+MAX_UNREADABLE_IN_A_ROW = 20  # ... and how many unreadable ones in a row end the search
 
 # torch has only "shell" support for uint16/uint32 (no max, interpolate, ...): widen to the next signed type.
 _TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -44,6 +47,29 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+class BadPatchError(ValueError):
+    """One file that cannot serve as a patch of its dataset. ``kind``: unreadable (also truncated, empty, not
+    an image), mode (an image mode geossl does not read), bands, dtype, or size (set by callers that expect a
+    size). A ValueError, so code that stops on bad input still stops; pretraining and stats skip it instead."""
+
+    def __init__(self, path: str | Path, kind: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.kind, self.problem = Path(path), kind, problem
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str, str]]:  # picklable across DataLoader workers
+        return type(self), (self.path, self.kind, self.problem)
+
+
+def bad_files_message(found: dict[str, str], total: int, max_fraction: float, setting: str, what: str) -> str:
+    """One line for a run stopped by too many bad files (``found``: path -> "kind: problem", those seen so
+    far, hence "at least"): how many, the first 20 with their kinds, and the setting that allows more."""
+    shown = ", ".join(f"{path} ({reason.split(':', 1)[0]})" for path, reason in list(found.items())[:20])
+    more = f" and {len(found) - 20} more" if len(found) > 20 else ""
+    return (f"at least {len(found)} of {total} {what} ({len(found) / max(total, 1):.1%}) are unreadable or do not "
+            f"match the dataset, more than {setting}={max_fraction:g} allows: {shown}{more}; fix or remove them, "
+            f"or raise {setting}")
+
+
 def _rasterio(path: Path) -> ModuleType:
     """rasterio, imported on the first GeoTIFF only: JPEG/PNG datasets (EuroSAT RGB) must train and probe
     on hosts without GDAL (the GPU benchmark host has none); a GeoTIFF there fails naming the file."""
@@ -56,7 +82,8 @@ def _rasterio(path: Path) -> ModuleType:
 
 def _decode_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "this file is not a readable image"; RasterioError only once rasterio is loaded."""
-    errors: tuple[type[BaseException], ...] = (UnidentifiedImageError, OSError, SyntaxError)
+    errors: tuple[type[BaseException], ...] = (UnidentifiedImageError, OSError, SyntaxError,
+                                               Image.DecompressionBombError)
     rio_errors = sys.modules.get("rasterio.errors")
     return (*errors, rio_errors.RasterioError) if rio_errors is not None else errors
 
@@ -186,7 +213,8 @@ class PatchDataset(torch.utils.data.Dataset):
     folder, ``splits.csv`` is used when ``split`` is given, else ``labels.csv``, else the class
     sub-folders. Without a split column, ``split`` selects from :func:`stratified_split` (``seed``).
     ``limit`` keeps a seeded class-balanced subset; ``bands`` are 1-based band indices.
-    Items: ``{"image": (C,H,W) raw units in a compact dtype, "label": int, "index": int}``.
+    Items: ``{"image": (C,H,W) raw units in a compact dtype, "label": int, "index": int}``; a file that is
+    unreadable or differs from the dataset's band count/dtype raises :class:`BadPatchError` naming it.
     """
 
     def __init__(
@@ -228,7 +256,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.paths = [p if p.is_absolute() else self.root / p for p in map(Path, paths)]
         self.labels = labels
         self._check_exist(table)
-        self._file_bands, self._file_dtype = self._probe(self.paths[0])
+        self._probe_layout()
         self.bands = self._check_bands(bands)
 
     @staticmethod
@@ -255,17 +283,46 @@ class PatchDataset(torch.utils.data.Dataset):
             shown = ", ".join(str(p) for p in missing[:3])
             raise FileNotFoundError(f"{table}: {len(missing)} of {len(self.paths)} listed files do not exist: {shown}")
 
+    def _probe_layout(self) -> None:
+        """Band count and dtype: the most common among the first :data:`PROBE_FILES` readable headers (ties:
+        the earliest), so a bad first file (unreadable, RGBA among RGB) neither stops construction nor makes
+        every good file look bad. :data:`MAX_UNREADABLE_IN_A_ROW` unreadable with none readable: wrong folder."""
+        votes: dict[tuple[int, str], list[tuple[Path, tuple[int, int]]]] = {}
+        errors: list[BadPatchError] = []
+        readable = in_a_row = 0
+        for path in self.paths:
+            try:
+                count, dtype, shape = self._probe(path)
+            except BadPatchError as exc:
+                errors.append(exc)
+                in_a_row += 1
+                if in_a_row >= MAX_UNREADABLE_IN_A_ROW:
+                    break
+                continue
+            votes.setdefault((count, dtype), []).append((path, shape))
+            readable, in_a_row = readable + 1, 0
+            if readable == PROBE_FILES:
+                break
+        if not votes:
+            shown = "; ".join(str(e) for e in errors[:3])
+            raise ValueError(f"{self.source}: none of the first {len(errors)} files is a readable image "
+                             f"({shown}); check the folder or CSV")
+        (self._file_bands, self._file_dtype), members = max(votes.items(), key=lambda kv: len(kv[1]))
+        self._layout_path = members[0][0]
+        # (height, width) most common among those files: a dataset's size, known without decoding a file
+        self.patch_shape: tuple[int, int] = Counter(shape for _, shape in members).most_common(1)[0][0]
+
     @staticmethod
-    def _probe(path: Path) -> tuple[int, str]:
-        """(band count, numpy dtype name) of one file, from its header only."""
+    def _probe(path: Path) -> tuple[int, str, tuple[int, int]]:
+        """(band count, numpy dtype name, (height, width)) of one file, from its header only."""
         try:
             if path.suffix.lower() in RASTERIO_EXTS:
                 with _rasterio(path).open(path) as src:
-                    return src.count, src.dtypes[0]
+                    return src.count, src.dtypes[0], (src.height, src.width)
             with Image.open(path) as img:
-                return _pil_layout(img, path)
+                return (*_pil_layout(img, path), (img.height, img.width))
         except _decode_errors() as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
+            raise BadPatchError(path, "unreadable", f"not a readable image ({exc})") from None
 
     def _check_bands(self, bands: list[int] | None) -> list[int] | None:
         if bands is None:
@@ -274,7 +331,7 @@ class PatchDataset(torch.utils.data.Dataset):
         bad = [b for b in bands if not 1 <= b <= self._file_bands]
         if not bands or bad:
             raise ValueError(
-                f"{self.paths[0]}: band index {bad or bands} out of range: the file has {self._file_bands} "
+                f"{self._layout_path}: band index {bad or bands} out of range: the file has {self._file_bands} "
                 f"bands (1-based indices 1..{self._file_bands})"
             )
         return bands
@@ -300,7 +357,8 @@ class PatchDataset(torch.utils.data.Dataset):
         return {"image": to_compact_tensor(array), "label": int(self.labels[i]), "index": i}
 
     def read(self, path: Path) -> np.ndarray:
-        """(C,H,W) array of the selected bands of one file, in the file's dtype; errors name the file."""
+        """(C,H,W) array of the selected bands of one file, in the file's dtype; a bad file raises
+        :class:`BadPatchError` naming it."""
         try:
             if path.suffix.lower() in RASTERIO_EXTS:
                 with _rasterio(path).open(path) as src:
@@ -313,18 +371,17 @@ class PatchDataset(torch.utils.data.Dataset):
                     img = img.convert(_PIL_CONVERT[img.mode] if img.mode != "P" or "transparency" not in img.info else "RGBA")
                 array = np.asarray(img)
         except _decode_errors() as exc:
-            raise ValueError(f"{path}: not a readable image or truncated ({exc})") from None
+            raise BadPatchError(path, "unreadable", f"not a readable image or truncated ({exc})") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return array if self.bands is None else array[[b - 1 for b in self.bands]]
 
     def _check_layout(self, path: Path, count: int, dtype: str) -> None:
         if count != self._file_bands:
-            raise ValueError(
-                f"{path}: has {count} bands but {self.paths[0]} has {self._file_bands}: mixed band counts "
-                "in one dataset"
-            )
+            raise BadPatchError(path, "bands", f"has {count} bands but {self._layout_path} has {self._file_bands}: "
+                                "mixed band counts in one dataset")
         if dtype != self._file_dtype:
-            raise ValueError(f"{path}: pixel dtype {dtype} differs from {self._file_dtype} of {self.paths[0]}")
+            raise BadPatchError(path, "dtype", f"pixel dtype {dtype} differs from {self._file_dtype} of "
+                                f"{self._layout_path}")
 
 
 _PIL_MODES: dict[str, tuple[int, str]] = {
@@ -350,7 +407,7 @@ _PIL_CONVERT = {"1": "L", "P": "RGB", "PA": "RGBA"}  # modes numpy cannot take a
 def _pil_layout(img: Image.Image, path: Path) -> tuple[int, str]:
     """(band count, dtype) of a PIL image as :meth:`PatchDataset.read` returns it."""
     if img.mode not in _PIL_MODES:
-        raise ValueError(f"{path}: unsupported image mode {img.mode!r}")
+        raise BadPatchError(path, "mode", f"unsupported image mode {img.mode!r}")
     count, dtype = _PIL_MODES[img.mode]
     if img.mode == "P" and "transparency" in img.info:
         count = 4

@@ -24,6 +24,8 @@ class BandStats:
     dtype: str = "float32"
     n_pixels: int = 0
     sources: list[str] = field(default_factory=list)
+    # Patch files left out of the sample as bad (path -> "kind: problem"); older files have none.
+    skipped_files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.bands)
@@ -127,17 +129,20 @@ def compute_stats(
     tile_size: int = 64,
     seed: int = 0,
     max_values: int = 4_000_000,
+    max_bad_fraction: float = 0.01,
 ) -> BandStats:
     """Per-band mean, std, 2nd/98th percentiles in raw units over a sample, ignoring nodata/NaN pixels.
 
     Scenes: ``n_tiles`` random tiles of ``tile_size`` px (any tile, however little of it is valid).
     Patches: a seeded class-balanced subset of ``n_tiles`` patches. Mean and std are exact over the
     sample; percentiles use at most ``max_values`` pixels per band (a random subset), so memory stays
-    bounded whatever the tile size.
+    bounded whatever the tile size. A bad patch file (unreadable, truncated, another band count, dtype or
+    mode) is left out and listed in ``skipped_files``; more than ``max_bad_fraction`` of the sample stops
+    with the list.
     """
     import torch
 
-    from geossl.data.patches import PatchDataset
+    from geossl.data.patches import BadPatchError, PatchDataset, bad_files_message
 
     kind = detect_kind(source) if kind == "auto" else kind
     if kind == "patches":
@@ -160,8 +165,16 @@ def compute_stats(
 
     n_items = len(dataset)
     acc = _Accumulator(dataset.band_count, max(1, max_values // n_items), seed)
+    skipped: dict[str, str] = {}
     for i in range(n_items):
-        item = dataset[i]
+        try:
+            item = dataset[i]
+        except BadPatchError as exc:  # patches only: scenes report their own read problems
+            skipped[str(exc.path)] = f"{exc.kind}: {exc.problem}"
+            if len(skipped) > max_bad_fraction * n_items:
+                raise ValueError(bad_files_message(skipped, n_items, max_bad_fraction, "max_bad_fraction",
+                                                   "sampled patch files")) from None
+            continue
         image = item["image"].numpy()
         valid = item["mask"].numpy() if "mask" in item else np.ones(image.shape[1:], dtype=bool)
         acc.add(image, valid)
@@ -171,5 +184,5 @@ def compute_stats(
     band_indexes = bands or list(range(1, dataset.band_count + 1))
     return BandStats(
         bands=[f"band_{b}" for b in band_indexes], mean=mean, std=std, p2=p2, p98=p98,
-        dtype=dataset.dtype, n_pixels=int(acc.count), sources=sources,
+        dtype=dataset.dtype, n_pixels=int(acc.count), sources=sources, skipped_files=skipped,
     )  # fmt: skip

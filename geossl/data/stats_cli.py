@@ -56,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
     print(f"stats: {stats.count} bands ({stats.dtype}) from {len(stats.sources)} source(s), "
-          f"{stats.n_pixels:,} valid pixels; mean {fmt(stats.mean)} std {fmt(stats.std)} -> {args.out}")
+          f"{stats.n_pixels:,} valid pixels"
+          + (f", {len(stats.skipped_files)} bad file(s) skipped" if stats.skipped_files else "")
+          + f"; mean {fmt(stats.mean)} std {fmt(stats.std)} -> {args.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -11,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from geossl.config import Config
 from geossl.data.stats import BandStats
+from geossl.dino.bad_files import BadFileMonitor, SkippingDataset
 from geossl.settings import resolve_data_path
 
 
@@ -22,7 +24,11 @@ def resolved_paths(cfg: Config) -> list[str]:
 
 
 def build_pretrain_dataset(cfg: Config) -> Dataset:
-    """Patches (class folders / CSV, labels unused) or random tiles of scenes, as the config says."""
+    """Patches (class folders / CSV, labels unused) or random tiles of scenes, as the config says.
+
+    Patches come wrapped in a :class:`SkippingDataset`: a bad file is replaced by the next good one and
+    reported (geossl/dino/bad_files.py). A whole folder of the wrong size is still refused here, at once.
+    """
     paths = resolved_paths(cfg)
     if cfg.data.kind == "patches":
         from geossl.data.patches import PatchDataset
@@ -34,11 +40,12 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
         counts = {part.band_count for part in parts}
         if len(counts) > 1:
             raise ValueError(f"data.paths mix band counts {sorted(counts)}: {paths}")
-        dataset: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        size = parts[0][0]["image"].shape[-1]
-        if size != cfg.data.tile_size:
-            raise ValueError(f"{paths[0]}: patches are {size} px but data.tile_size is {cfg.data.tile_size}")
-        return dataset
+        for part, path in zip(parts, paths, strict=True):
+            height, width = part.patch_shape
+            if (height, width) != (cfg.data.tile_size, cfg.data.tile_size):
+                size = f"{width}" if height == width else f"{width}x{height}"
+                raise ValueError(f"{path}: patches are {size} px but data.tile_size is {cfg.data.tile_size}")
+        return SkippingDataset(parts[0] if len(parts) == 1 else ConcatDataset(parts), cfg.data.tile_size)
     from geossl.data.scenes import RandomTileDataset
     from geossl.data.uris import expand_inputs
 
@@ -52,14 +59,24 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     )
 
 
+def _first_part(dataset: Dataset) -> Any:
+    dataset = dataset.dataset if isinstance(dataset, SkippingDataset) else dataset
+    return dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+
+
 def dataset_band_count(dataset: Dataset) -> int:
-    first = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
-    return int(first.band_count)
+    return int(_first_part(dataset).band_count)
 
 
 def dataset_dtype(dataset: Dataset) -> str:
-    first = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
-    return str(first.dtype)
+    return str(_first_part(dataset).dtype)
+
+
+def bad_file_monitor(cfg: Config, dataset: Dataset) -> BadFileMonitor | None:
+    """The callback that counts and reports skipped patch files; None for scenes (nothing is skipped)."""
+    if not isinstance(dataset, SkippingDataset):
+        return None
+    return BadFileMonitor(dataset, cfg.data.max_bad_fraction, sync_every=cfg.trainer.log_every_steps)
 
 
 def resolve_stats(cfg: Config, band_count: int) -> BandStats:
@@ -70,7 +87,8 @@ def resolve_stats(cfg: Config, band_count: int) -> BandStats:
         from geossl.data.stats import compute_stats
 
         stats = compute_stats(resolved_paths(cfg), kind=cfg.data.kind, bands=cfg.data.bands,
-                              tile_size=cfg.data.tile_size, seed=cfg.seed)
+                              tile_size=cfg.data.tile_size, seed=cfg.seed,
+                              max_bad_fraction=cfg.data.max_bad_fraction)
     if stats.count != band_count:
         raise ValueError(
             f"band statistics have {stats.count} bands ({cfg.data.stats or 'computed'}) but the data has {band_count}"
@@ -166,10 +184,19 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
 class PretrainDataModule(L.LightningDataModule):
     """Builds the loader once the trainer knows the rank, world size and the restored step."""
 
-    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+    def __init__(self, cfg: Config, dataset: Dataset, bad_files: BadFileMonitor | None = None) -> None:
         super().__init__()
-        self.cfg, self.dataset = cfg, dataset
+        self.cfg, self.dataset, self.bad_files = cfg, dataset, bad_files
         self.sampler: ResumableSampler | None = None
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Takes the samples' skip records out of the batch while it is still on the CPU (reading them on
+        the GPU would sync the device every step) and hands them to the monitor, in the main process."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            skipped = batch.pop("skipped")
+            if self.bad_files is not None:
+                self.bad_files.record(skipped)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -36,6 +36,7 @@ from geossl.dino.callbacks import (
 from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from geossl.dino.data import (
     PretrainDataModule,
+    bad_file_monitor,
     build_pretrain_dataset,
     dataset_band_count,
     dataset_dtype,
@@ -171,8 +172,9 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     printer = MetricPrinter(cfg.trainer.log_every_steps)
     knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed, cfg.data.root) if cfg.eval.knn_data else None
     sigterm = SigtermCheckpoint(paths.checkpoint_dir)
+    bad_files = bad_file_monitor(cfg, dataset)  # skipped patch files: counted, reported, capped
     callbacks: list[L.Callback] = [
-        printer, sigterm,
+        *([bad_files] if bad_files else []), printer, sigterm,
         FiniteModelCheckpoint(dirpath=paths.checkpoint_dir, filename="step-{step:08d}", save_top_k=-1,
                               save_last=False, every_n_train_steps=cfg.trainer.checkpoint_every_steps,
                               auto_insert_metric_name=False, keep_last=cfg.trainer.keep_last,
@@ -190,7 +192,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     if cfg.trainer.compile:
         apply_compile(module)
 
-    status = _fit(trainer, module, PretrainDataModule(cfg, dataset), ckpt, paths.checkpoint_dir)
+    status = _fit(trainer, module, PretrainDataModule(cfg, dataset, bad_files), ckpt, paths.checkpoint_dir)
     if sigterm.saved_at is not None:
         status = "interrupted"
     summary: dict[str, Any] = {
@@ -205,8 +207,11 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
         "encoder_dir": None,
         "final_loss": printer.history[-1]["loss"] if printer.history else None,
         "knn_top1": knn.history[-1]["knn_top1"] if knn and knn.history else None,
+        "skipped_files": bad_files.report() if bad_files else None,
     }
     if trainer.is_global_zero:
+        if bad_files:
+            bad_files.print_report()
         if status == "finished":
             export_encoder(module.model.teacher.backbone, module.teacher_encoder().meta, paths.export_dir)
             summary["encoder_dir"] = str(paths.export_dir)
