@@ -278,7 +278,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         keys, value = parse_override(text)
         apply_override(cfg, keys, value, text)
     validate(cfg)
+    resolve_data_root(cfg)
     return cfg
+
+
+def resolve_data_root(cfg: Config) -> None:
+    """Expand ``$GEOSSL_DATA`` in every data path of ``cfg`` once, where the config is loaded: training,
+    statistics and the online k-NN then read the same root (``GEOSSL_DATA``, else ``data.root``, else
+    ``../shared/data`` or ``./data``; see :mod:`geossl.settings`), and the run's config.yaml shows the
+    paths actually read."""
+    from geossl.settings import resolve_data_path
+
+    root = cfg.data.root
+    cfg.data.paths = [resolve_data_path(p, root) for p in cfg.data.paths]
+    if cfg.data.stats:
+        cfg.data.stats = resolve_data_path(cfg.data.stats, root)
+    if cfg.eval.knn_data:
+        cfg.eval.knn_data = resolve_data_path(cfg.eval.knn_data, root)
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
