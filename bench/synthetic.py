@@ -82,7 +82,7 @@ def write_synthetic_scene(
             field = ((x[None] // 97) * 37 + (y // 83) * 53) % 200
             strip = np.empty((count, h, width), dtype=dtype)
             for b in range(count):
-                strip[b] = (field + 30 + 15 * b).astype(dtype)
+                strip[b] = np.minimum(field + 30 + 15 * b, 255).astype(dtype)  # never wraps to nodata 0
             if border and nodata is not None:
                 strip[:, :, :border] = nodata
                 if row0 < border:

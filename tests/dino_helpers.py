@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 from PIL import Image
 
@@ -36,3 +39,15 @@ def make_patch_folder(root: Path, n_per_class: int = 16, size: int = 32, seed: i
     stats.write_text(json.dumps({"bands": ["r", "g", "b"], "mean": [115.0] * 3, "std": [70.0] * 3,
                                  "p2": [0.0] * 3, "p98": [255.0] * 3, "dtype": "uint8"}))
     return root, stats
+
+
+class SignalAt(L.Callback):
+    """Sends this process a real signal before step ``k`` runs (SIGTERM: what SageMaker does on a spot
+    interruption; SIGINT: Ctrl-C)."""
+
+    def __init__(self, k: int, signum: int = signal.SIGTERM) -> None:
+        self.k, self.signum = k, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if trainer.global_step == self.k - 1:
+            os.kill(os.getpid(), self.signum)

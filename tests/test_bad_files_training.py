@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from dino_helpers import TINY, make_patch_folder, tiny_config
+from dino_helpers import TINY, SignalAt, make_patch_folder, tiny_config
 from test_bad_files_data import salt
 
 from geossl.cli import main
@@ -26,15 +23,6 @@ def salted(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     """24 good PNGs + 8 bad files = 32 files = 4 batches of 8: one epoch draws every file."""
     data, stats = make_patch_folder(tmp_path / "patches", n_per_class=12)
     return data, stats, salt(data)
-
-
-class SigtermAt(L.Callback):
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.k - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_bad_files_are_replaced_by_the_next_good_one(salted):
@@ -101,7 +89,7 @@ def test_resume_with_bad_files_is_bitwise_and_keeps_the_count(salted, tmp_path):
     data, stats, bad = salted
     cfg = tiny_config(data, stats, ["optim.epochs=1", "data.max_bad_fraction=0.3"])
     straight = pretrain(cfg, tmp_path / "straight")
-    interrupted = pretrain(cfg, tmp_path / "resumed", callbacks=[SigtermAt(2)])
+    interrupted = pretrain(cfg, tmp_path / "resumed", callbacks=[SignalAt(2)])
     assert interrupted["status"] == "interrupted" and 0 < interrupted["skipped_files"]["count"] < 8
     saved = load_checkpoint_file(tmp_path / "resumed/checkpoints/last.ckpt")["callbacks"]["BadFileMonitor"]
     assert len(saved["found"]) == interrupted["skipped_files"]["count"]

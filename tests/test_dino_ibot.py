@@ -233,8 +233,7 @@ def test_patch_dropout_is_refused_with_ibot():
 def test_resume_with_every_dinov2_term_is_bitwise(tmp_path):
     """KoLeo + iBOT + Sinkhorn-Knopp on: SIGTERM at step 2 then resume == 4 steps straight (masks are
     replayed from the step seed; the mask token, patch head and patch centre are in the checkpoint)."""
-    from dino_helpers import make_patch_folder, tiny_config
-    from test_dino_resume import SigtermAt
+    from dino_helpers import SignalAt, make_patch_folder, tiny_config
 
     from geossl.dino.checkpoint import load_checkpoint_file
     from geossl.dino.train import pretrain
@@ -243,7 +242,7 @@ def test_resume_with_every_dinov2_term_is_bitwise(tmp_path):
     cfg = tiny_config(data, stats, ["optim.epochs=2", "loss.koleo_weight=0.1", "loss.ibot_weight=1.0",
                                     "loss.centering=sinkhorn_knopp"])
     assert pretrain(cfg, tmp_path / "straight")["steps"] == 4
-    assert pretrain(cfg, tmp_path / "resumed", callbacks=[SigtermAt(2)])["status"] == "interrupted"
+    assert pretrain(cfg, tmp_path / "resumed", callbacks=[SignalAt(2)])["status"] == "interrupted"
     assert pretrain(cfg, tmp_path / "resumed")["status"] == "finished"
     a = load_checkpoint_file(tmp_path / "straight/checkpoints/last.ckpt")["state_dict"]
     b = load_checkpoint_file(tmp_path / "resumed/checkpoints/last.ckpt")["state_dict"]

@@ -6,22 +6,11 @@ import signal
 import lightning as L
 import pytest
 import torch
-from dino_helpers import make_patch_folder, tiny_config
+from dino_helpers import SignalAt, make_patch_folder, tiny_config
 from safetensors.torch import load_file
 
 from geossl.dino.checkpoint import load_checkpoint_file
 from geossl.dino.train import pretrain
-
-
-class SigtermAt(L.Callback):
-    """Sends this process a real SIGTERM after step ``k`` (what SageMaker does on a spot interruption)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.k - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.slow
@@ -32,7 +21,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     straight = pretrain(cfg, tmp_path / "straight")
     assert straight["status"] == "finished" and straight["steps"] == 12
 
-    interrupted = pretrain(cfg, tmp_path / "resumed", callbacks=[SigtermAt(6)])  # mid-epoch 2
+    interrupted = pretrain(cfg, tmp_path / "resumed", callbacks=[SignalAt(6)])  # mid-epoch 2
     assert interrupted["status"] == "interrupted" and interrupted["steps"] == 6
     assert interrupted["encoder_dir"] is None  # nothing half-trained is exported
     assert load_checkpoint_file(tmp_path / "resumed/checkpoints/last.ckpt")["global_step"] == 6
@@ -66,7 +55,7 @@ def test_finished_run_is_never_overwritten(tmp_path):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     data, stats = make_patch_folder(tmp_path / "patches", n_per_class=8)
-    first = pretrain(tiny_config(data, stats, ["optim.epochs=2"]), tmp_path / "run", callbacks=[SigtermAt(1)])
+    first = pretrain(tiny_config(data, stats, ["optim.epochs=2"]), tmp_path / "run", callbacks=[SignalAt(1)])
     assert first["status"] == "interrupted"
     other = tiny_config(data, stats, ["optim.epochs=2", "head.out_dim=128"])
     with pytest.raises(ValueError, match=r"last.ckpt: checkpoint was trained with head="):
@@ -132,7 +121,7 @@ def test_checkpoint_from_before_a_new_config_key_still_resumes(tmp_path):
 
     data, stats = make_patch_folder(tmp_path / "patches", n_per_class=8)
     cfg = tiny_config(data, stats, ["optim.epochs=2"])
-    assert pretrain(cfg, tmp_path / "run", callbacks=[SigtermAt(1)])["status"] == "interrupted"
+    assert pretrain(cfg, tmp_path / "run", callbacks=[SignalAt(1)])["status"] == "interrupted"
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
     state = load_checkpoint_file(ckpt)
     del state["hyper_parameters"]["config"]["head"]["ibot_separate_head"]  # as written before the key existed

@@ -12,23 +12,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from dino_helpers import TINY, make_patch_folder, tiny_config
+from dino_helpers import TINY, SignalAt, make_patch_folder, tiny_config
 
 from geossl.cli import main
 from geossl.dino.checkpoint import load_checkpoint_file
 from geossl.dino.run_folder import RunLock, prune_checkpoints
 from geossl.dino.train import pretrain
-
-
-class SignalAt(L.Callback):
-    """Sends this process a real signal before step ``k`` runs."""
-
-    def __init__(self, k: int, signum: int) -> None:
-        self.k, self.signum = k, signum
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.k - 1:
-            os.kill(os.getpid(), self.signum)
 
 
 @pytest.fixture()

@@ -3,7 +3,8 @@
 We read pixel windows straight from each scene in its own CRS and resolution: self-supervision needs
 no common grid, and skipping reprojection is what makes this ~30x faster per core than a warping
 reader (see :mod:`geossl.data.torchgeo_compat`). Every tile carries exact float64 georeferencing from
-the scene's affine transform, plus a validity mask (nodata value, NaN/inf, internal mask or alpha).
+the scene's affine transform, plus a validity mask: the rule of :mod:`geossl.data.raster` (per-band
+nodata, NaN/inf, explicit mask or alpha, outside the scene), the same one inference applies.
 
 Random tiles are a *map-style* dataset: item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``,
 so DistributedSampler ranks see disjoint tiles, DataLoader workers change nothing, and a resumed
@@ -13,8 +14,6 @@ run replays exactly.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +24,10 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geossl.data.patches import compact_torch_dtype, to_compact_tensor
+from geossl.data.raster import WindowReader, fill_value, open_raster, plan_axis
 from geossl.data.uris import expand_inputs, to_gdal_uri
 from geossl.settings import resolve_data_path
 
@@ -56,52 +54,23 @@ class SceneInfo:
         return self.crs.to_string() if self.crs else ""
 
 
-def _gdal_env(uri: str) -> contextlib.AbstractContextManager[Any]:
-    """S3 paths need boto3's credentials and the AWS_ENDPOINT_URL endpoint; local files need nothing."""
-    if uri.startswith("/vsis3/"):
-        from geossl.data.s3 import rasterio_env
-
-        return rasterio_env()
-    return contextlib.nullcontext()
-
-
-def _open(uri: str) -> rasterio.DatasetReader:
-    """Open a raster read-only; errors name the file."""
-    try:
-        with _gdal_env(uri):
-            return rasterio.open(uri)
-    except RasterioError as exc:
-        remote = uri.startswith("/vsi") or "://" in uri
-        missing = not os.path.exists(uri) if not remote else "does not exist" in str(exc)
-        kind = FileNotFoundError if missing else ValueError
-        raise kind(f"{uri}: cannot open as a raster ({exc})") from None
-
-
 def scene_info(uri: str) -> SceneInfo:
     """Header of a scene: a local path, ``/vsis3/...`` or ``s3://bucket/key`` (converted for GDAL)."""
     uri = to_gdal_uri(resolve_data_path(uri))
-    with _open(uri) as src:
+    with open_raster(uri) as src:
         return SceneInfo(
             uri=uri, width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
             crs=src.crs, transform=src.transform, nodata=src.nodata, res=(float(src.res[0]), float(src.res[1])),
         )  # fmt: skip
 
 
-def _fill_value(nodata: float | None, dtype: np.dtype) -> Any:
-    """What padding and non-finite pixels hold: the nodata value when the dtype can hold it, else 0."""
-    if nodata is None or not math.isfinite(nodata):
-        return 0
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return int(nodata) if info.min <= nodata <= info.max and float(nodata).is_integer() else 0
-    return nodata
-
-
 class SceneReader:
     """Windowed reads of selected bands + a validity mask, with one file handle per process.
 
-    DataLoader workers fork: an inherited GDAL handle shares the parent's file offset, so each process
-    opens its own (keyed by ``os.getpid()``). Pickling drops handles (spawn workers reopen lazily).
+    Reading and the validity rule are :class:`geossl.data.raster.WindowReader`'s (the same as at
+    inference). DataLoader workers fork: an inherited GDAL handle shares the parent's file offset, so
+    each process opens its own (keyed by ``os.getpid()``). Pickling drops handles (spawn workers
+    reopen lazily).
     """
 
     def __init__(self, info: SceneInfo, bands: list[int] | None = None) -> None:
@@ -109,77 +78,30 @@ class SceneReader:
         self.indexes = list(bands) if bands is not None else list(range(1, info.count + 1))
         self.np_dtype = np.dtype(info.dtype)
         self.is_float = np.issubdtype(self.np_dtype, np.floating)
-        self.fill = _fill_value(info.nodata, self.np_dtype)
+        self.fill = fill_value(info.nodata, self.np_dtype)
         self.remote = info.uri.startswith("/vsis3/")
-        self._handles: dict[int, rasterio.DatasetReader] = {}
-        self._mask_plan: tuple[str, list[float | None]] | None = None
+        self._handles: dict[int, WindowReader] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
         return state
 
-    def handle(self) -> rasterio.DatasetReader:
+    def _reader(self) -> WindowReader:
         pid = os.getpid()
-        src = self._handles.get(pid)
-        if src is None:
-            src = self._handles[pid] = _open(self.info.uri)
-            flags = [src.mask_flag_enums[b - 1] for b in self.indexes]
-            if all(f == [MaskFlags.all_valid] for f in flags):
-                self._mask_plan = ("none", [])
-            elif all(f == [MaskFlags.nodata] for f in flags):
-                # Per band; NaN nodata equals nothing, so it becomes None: the finite check masks it.
-                nodatavals = [src.nodatavals[b - 1] for b in self.indexes]
-                usable = [None if v is None or math.isnan(v) else v for v in nodatavals]
-                self._mask_plan = ("nodata", usable) if any(v is not None for v in usable) else ("none", [])
-            else:  # internal/external mask or alpha band: GDAL knows best
-                self._mask_plan = ("gdal", [])
-        return src
+        reader = self._handles.get(pid)
+        if reader is None:
+            src = open_raster(self.info.uri)
+            reader = self._handles[pid] = WindowReader(src, self.indexes, self.info.uri, own_env=True)
+        return reader
+
+    def handle(self) -> rasterio.DatasetReader:
+        """This process's open dataset."""
+        return self._reader().ds
 
     def read(self, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """(C,h,w) pixels and (h,w) bool valid mask of a window; parts outside the scene are padded invalid."""
-        src = self.handle()
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + width, self.info.width), min(row + height, self.info.height)
-        if (c0, r0, c1, r1) == (col, row, col + width, row + height):
-            return self._read_inside(src, Window(col, row, width, height))
-        data = np.full((len(self.indexes), height, width), self.fill, dtype=self.np_dtype)
-        valid = np.zeros((height, width), dtype=bool)
-        if c1 > c0 and r1 > r0:
-            inner, inner_valid = self._read_inside(src, Window(c0, r0, c1 - c0, r1 - r0))
-            data[:, r0 - row : r1 - row, c0 - col : c1 - col] = inner
-            valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner_valid
-        return data, valid
-
-    def _read_inside(self, src: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            if self.remote:
-                with _gdal_env(self.info.uri):
-                    data = src.read(self.indexes, window=window)
-            else:
-                data = src.read(self.indexes, window=window)
-        except RasterioError as exc:
-            raise ValueError(f"{self.info.uri}: cannot read window {window} ({exc})") from None
-        assert self._mask_plan is not None
-        plan, nodatavals = self._mask_plan
-        if plan == "none":
-            valid = np.ones(data.shape[1:], dtype=bool)
-        elif plan == "nodata" and len(set(nodatavals)) == 1:  # one shared nodata value: one vector op
-            valid = (data != nodatavals[0]).all(axis=0)
-        elif plan == "nodata":
-            valid = np.ones(data.shape[1:], dtype=bool)
-            for band, nodata in zip(data, nodatavals, strict=True):
-                if nodata is not None:
-                    valid &= band != nodata
-        else:
-            with _gdal_env(self.info.uri):
-                valid = (src.read_masks(self.indexes, window=window) != 0).all(axis=0)
-        if self.is_float:
-            finite = np.isfinite(data)
-            if not finite.all():
-                valid &= finite.all(axis=0)
-                data[~finite] = self.fill
-        return data, valid
+        return self._reader().read(col, row, width, height)
 
 
 def _georef(
@@ -316,16 +238,6 @@ class RandomTileDataset(torch.utils.data.Dataset):
         }
 
 
-def _offsets(extent: int, size: int, stride: int, edge: str) -> list[int]:
-    """Window starts along one axis; "shift" ends the last window at the edge, "pad" runs past it."""
-    if edge == "pad":
-        return [k * stride for k in range(math.ceil(max(extent - size, 0) / stride) + 1)]
-    starts = list(range(0, extent - size + 1, stride))
-    if starts[-1] + size < extent:
-        starts.append(extent - size)
-    return starts
-
-
 class GridTiles(torch.utils.data.Dataset):
     """A regular grid of windows over ONE scene, for inference (classified maps, embeddings).
 
@@ -357,8 +269,8 @@ class GridTiles(torch.utils.data.Dataset):
             )
         self.bands = _check_bands(bands, self.info)
         self.tile_size, self.stride, self.edge = tile_size, stride, edge
-        cols = _offsets(self.info.width, tile_size, stride, edge)
-        rows = _offsets(self.info.height, tile_size, stride, edge)
+        cols = plan_axis(self.info.width, tile_size, stride, edge=edge).starts
+        rows = plan_axis(self.info.height, tile_size, stride, edge=edge).starts
         self.windows = [Window(c, r, tile_size, tile_size) for r in rows for c in cols]
         self.grid_shape = (len(rows), len(cols))
         self._reader = SceneReader(self.info, self.bands)

@@ -27,6 +27,7 @@ import shapely
 from pyproj import CRS
 from tqdm import tqdm
 
+from geossl.data.raster import axis_plan
 from geossl.io import atomic_path
 from geossl.models.encoder import Encoder, EncoderMeta
 from geossl.predict.common import (
@@ -39,7 +40,7 @@ from geossl.predict.common import (
 )
 from geossl.predict.geojson import footprint_lonlat
 from geossl.predict.reader import SceneReader
-from geossl.predict.scene import GDAL_CACHE_BYTES, axis_plan
+from geossl.predict.scene import GDAL_CACHE_BYTES
 from geossl.predict.tiles import iter_tiles, split_inputs
 
 ROW_GROUP = 4096

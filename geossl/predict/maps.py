@@ -20,6 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.shutil import copy as rio_copy
 from rasterio.transform import Affine
 
+from geossl.data.raster import comparable_nodata, valid_mask
 from geossl.io import atomic_path
 from geossl.plotting import save_png
 
@@ -200,9 +201,9 @@ def read_overview(
         scale = max(src.width, src.height) / max_size
         h, w = (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else (src.height, src.width)
         image = src.read(list(bands), out_shape=(len(bands), h, w), resampling=resampling)
-        valid = np.isfinite(image).all(axis=0) if image.dtype.kind == "f" else np.ones((h, w), dtype=bool)
-        if src.nodata is not None:
-            valid &= ~(image == src.nodata).all(axis=0)
+        # The one validity rule of geossl.data.raster (per-band nodata, NaN/inf), as the models saw it.
+        per_band = src.nodatavals or (src.nodata,) * src.count
+        valid = valid_mask(image, [comparable_nodata(per_band[b - 1], image.dtype) for b in bands])
         return image, valid, src.bounds
 
 

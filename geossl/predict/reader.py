@@ -1,11 +1,14 @@
 """Windowed reads of one scene in the model's bands, optionally resampled on the fly to its GSD.
 
-We read windows with rasterio directly rather than through a gridded dataset because classification
-needs three things at once: any stride, validity masks (nodata, NaN, internal masks), and resampling.
+We read windows through :class:`geossl.data.raster.WindowReader` rather than a gridded dataset because
+classification needs three things at once: any stride, validity masks (the one rule of
+:mod:`geossl.data.raster`, the same as in training), and resampling.
 Resampling uses a ``WarpedVRT`` in the scene's own CRS whose pixel size is the model's GSD and whose
 origin is the scene's origin: the VRT *is* the scene at the model's resolution, so windows, masks and
 geotransforms need no special case, and GDAL reads only the source blocks each window touches.
-Downsampling averages (no aliasing of 5 m NAIP into 10 m pixels); upsampling is bilinear.
+Downsampling averages (no aliasing of 5 m NAIP into 10 m pixels); upsampling is bilinear. A scene
+whose explicit mask is not an alpha band (an internal or ``.msk`` mask) would lose it in the VRT, so the
+VRT gets an alpha band carrying the warped mask, read as the mask (rule 4).
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import rasterio
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
 
+from geossl.data.raster import WindowReader, open_raster
 from geossl.models.encoder import EncoderMeta
 from geossl.predict.common import check_statistics, fill_invalid, resolve_bands
 
@@ -70,9 +71,9 @@ class SceneReader:
     ) -> None:
         self.uri = uri
         try:
-            self.src = rasterio.open(uri)
-        except (RasterioError, OSError) as exc:
-            raise ValueError(f"{uri}: cannot open as a raster ({exc})") from None
+            self.src = open_raster(uri)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
         src = self.src
         try:
             self.bands = resolve_bands(meta, src.count, uri, bands, src.descriptions)
@@ -80,19 +81,19 @@ class SceneReader:
                 raise ValueError(f"{uri}: not georeferenced (no CRS): a scene map needs one; classify it as a tile")
             target, self.resample_note = resample_target(meta, src.crs, src.res, resample, uri)
             self.ds: Any = src
+            alpha_band = None
             if target is not None:
-                self.ds = self._warped(target)
+                self.ds, alpha_band = self._warped(target)
+            self.windows = WindowReader(self.ds, self.bands, uri, alpha_band=alpha_band)
         except Exception:
-            src.close()
+            self.close()
             raise
         self.meta = meta
         self.target_res = target
         self.nodata = src.nodata
-        flags = src.mask_flag_enums[self.bands[0] - 1]
-        self._gdal_mask = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
-        self._float = np.dtype(src.dtypes[self.bands[0] - 1]).kind in "fc"
 
-    def _warped(self, target: float) -> WarpedVRT:
+    def _warped(self, target: float) -> tuple[WarpedVRT, int | None]:
+        """The VRT at ``target`` units per pixel, and its added alpha band (None when not needed)."""
         src = self.src
         t = src.transform
         if t.b != 0 or t.d != 0:
@@ -103,11 +104,15 @@ class SceneReader:
             raise ValueError(f"{self.uri}: smaller than one {target:g}-unit pixel after resampling")
         transform = Affine(math.copysign(target, t.a), 0.0, t.c, 0.0, math.copysign(target, t.e), t.f)
         down = target > abs(t.a)
-        return WarpedVRT(
+        flags = [src.mask_flag_enums[b - 1] for b in self.bands]
+        # An alpha band travels through the VRT by itself; another per-dataset mask needs an alpha to carry it.
+        add_alpha = any(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in flags)
+        vrt = WarpedVRT(
             src, crs=src.crs, transform=transform, width=width, height=height,
             resampling=Resampling.average if down else Resampling.bilinear,
-            src_nodata=src.nodata, nodata=src.nodata,
-        )
+            src_nodata=src.nodata, nodata=src.nodata, add_alpha=add_alpha,
+        )  # fmt: skip
+        return vrt, (vrt.count if add_alpha else None)
 
     @property
     def width(self) -> int:
@@ -133,17 +138,8 @@ class SceneReader:
 
     def read(self, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """(C, h, w) float32 with invalid pixels filled by the model's means, and the (h, w) valid mask."""
-        window = Window(col, row, width, height)
-        try:
-            image = self.ds.read(self.bands, window=window).astype(np.float32, copy=False)
-            gdal_valid = self.ds.read_masks(self.bands[0], window=window) > 0 if self._gdal_mask else None
-        except RasterioError as exc:
-            raise ValueError(f"{self.uri}: read failed at window {(col, row, width, height)} ({exc})") from None
-        valid = np.isfinite(image).all(axis=0) if self._float else np.ones(image.shape[1:], dtype=bool)
-        if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
-            valid &= ~(image == np.float32(self.nodata)).all(axis=0)
-        if gdal_valid is not None:
-            valid &= gdal_valid
+        data, valid = self.windows.read(col, row, width, height)
+        image = data.astype(np.float32, copy=False)
         fill_invalid(image[None], valid[None], self.meta.mean)
         return image, valid
 
@@ -171,8 +167,9 @@ class SceneReader:
         check_statistics(self.meta, self.sample_pixels(), self.uri, self.bands)
 
     def close(self) -> None:
-        if self.ds is not self.src:
-            self.ds.close()
+        ds = getattr(self, "ds", self.src)
+        if ds is not self.src:
+            ds.close()
         self.src.close()
 
     def __enter__(self) -> SceneReader:

@@ -12,7 +12,6 @@ window can reach it, so memory holds a few map rows and two batches, whatever th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,8 @@ import numpy as np
 from rasterio.transform import Affine
 from tqdm import tqdm
 
+from geossl.data.raster import AxisPlan as AxisPlan  # re-exported: the planner lives in the raster layer
+from geossl.data.raster import axis_plan
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import (
     check_outputs,
@@ -41,49 +42,6 @@ from geossl.predict.reader import SceneReader
 # GDAL's block cache defaults to 5 % of RAM, enough to hold a whole scene and dominate "bounded memory".
 # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in BYTES: "128" would mean 128 bytes (no cache at all).
 GDAL_CACHE_BYTES = 64 * 1024 * 1024  # a few block rows of any ordinary scene
-
-
-@dataclass
-class AxisPlan:
-    """Window starts along one axis and, per window, the cells it feeds: rows of (cell, lo, hi)."""
-
-    starts: list[int]
-    cells: list[np.ndarray]
-    n_cells: int
-
-
-def axis_plan(length: int, tile: int, stride: int) -> AxisPlan:
-    """Regular windows every ``stride`` px, plus one flush with the far edge if cells remain uncovered.
-
-    A window feeds the cells whose centre lies inside it (at least its own first cell, so a stride
-    larger than the tile still gives every cell a window). ``lo, hi`` are the cell's pixel range
-    inside the window, used to measure the cell's own valid fraction.
-    """
-    n_cells = length // stride
-    starts, cells = [], []
-    covered = np.zeros(n_cells, dtype=bool)
-
-    def add(start: int, ks: np.ndarray) -> None:
-        ks = ks[(ks >= 0) & (ks < n_cells)]
-        if ks.size == 0:
-            return
-        lo = np.clip(ks * stride - start, 0, tile)
-        hi = np.clip((ks + 1) * stride - start, 0, tile)
-        starts.append(start)
-        cells.append(np.stack([ks, lo, hi], axis=1))
-        covered[ks] = True
-
-    per_window = max(1, math.ceil(tile / stride - 0.5))
-    j = 0
-    while j * stride + tile <= length and j < n_cells:
-        add(j * stride, np.arange(j, j + per_window))
-        j += 1
-    if not covered.all():
-        start = length - tile
-        centres = (np.arange(n_cells) + 0.5) * stride
-        ks = np.flatnonzero(((centres >= start) & (centres < length)) | ~covered)
-        add(start, ks)
-    return AxisPlan(starts, cells, n_cells)
 
 
 @dataclass

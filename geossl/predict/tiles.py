@@ -1,17 +1,16 @@
 """Classification of tile files (patches such as EuroSAT's) into predictions.csv and predictions.geojson.
 
 Tiles are read at their own size (the ViT takes any multiple of its patch size) in the file's raw
-units, masked and filled like scene windows, and batched while consecutive tiles share a shape. The
-CSV and GeoJSON are streamed into temporary files and renamed when complete. One unreadable file in
-a folder of thousands is skipped and reported, not fatal; a band mismatch is fatal (it is never just
-one file).
+units, masked by the one rule of :mod:`geossl.data.raster` and filled like scene windows, and batched
+while consecutive tiles share a shape. The CSV and GeoJSON are streamed into temporary files and
+renamed when complete. One unreadable file in a folder of thousands is skipped and reported, not
+fatal; a band mismatch is fatal (it is never just one file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import sys
 import time
 import warnings
@@ -21,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from PIL import Image, UnidentifiedImageError
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from tqdm import tqdm
 
+from geossl.data.raster import WindowReader, open_raster, valid_mask
 from geossl.data.uris import RASTER_EXTS, expand_inputs
 from geossl.io import atomic_path
 from geossl.models.encoder import EncoderMeta
@@ -87,9 +86,9 @@ def image_header(uri: str) -> tuple[int, int, bool]:
                 return img.size[0], img.size[1], False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(uri) as src:
+            with open_raster(uri) as src:
                 return src.width, src.height, src.crs is not None
-    except (RasterioError, UnidentifiedImageError, OSError) as exc:
+    except (ValueError, UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{uri}: not a readable image ({exc})") from None
 
 
@@ -118,35 +117,47 @@ class TileReadError(ValueError):
 
 
 def read_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None) -> Tile:
-    """Read one tile in the model's bands: ValueError on a band mismatch, TileReadError if undecodable."""
-    crs = transform = nodata = None
-    try:
-        if _uses_pil(uri):
-            with Image.open(uri) as img:
-                if img.mode in ("P", "1", "PA"):
-                    img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-                array = np.asarray(img)
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-            descriptions: Sequence[str | None] = ()
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(uri) as src:
-                    descriptions, count = src.descriptions, src.count
-                    used = resolve_bands(meta, count, uri, bands, descriptions)
-                    array = src.read(used)
-                    crs, transform, nodata = src.crs, src.transform, src.nodata
-    except (RasterioError, UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
+    """Read one tile in the model's bands: ValueError on a band mismatch, TileReadError if undecodable.
+
+    GeoTIFFs go through :class:`geossl.data.raster.WindowReader` (one window: the whole file), so a tile
+    is masked exactly like a scene window; JPEG/PNG chips have no nodata and get the same rule's finite test.
+    """
     if _uses_pil(uri):
-        used = resolve_bands(meta, array.shape[0], uri, bands, descriptions)
-        array = array[[b - 1 for b in used]]
-    image = array.astype(np.float32)
-    valid = np.isfinite(image).all(axis=0)
-    if nodata is not None and not math.isnan(nodata):
-        valid &= ~(image == np.float32(nodata)).all(axis=0)
+        return _read_pil_tile(uri, meta, bands)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain chips have no georeferencing
+        try:
+            src = open_raster(uri)
+        except (ValueError, OSError) as exc:
+            raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
+        with src:
+            used = resolve_bands(meta, src.count, uri, bands, src.descriptions)
+            try:
+                data, valid = WindowReader(src, used, uri).read(0, 0, src.width, src.height)
+            except ValueError as exc:
+                raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
+            crs, transform = src.crs, src.transform
+    image = data.astype(np.float32)
     fill_invalid(image[None], valid[None], meta.mean)
     return Tile(uri, image, valid, crs, transform, list(used))
+
+
+def _read_pil_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None) -> Tile:
+    """A JPEG/PNG chip through PIL (no GDAL needed for those): no nodata, so only the finite test applies."""
+    try:
+        with Image.open(uri) as img:
+            if img.mode in ("P", "1", "PA"):
+                img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    used = resolve_bands(meta, array.shape[0], uri, bands, ())
+    data = array[[b - 1 for b in used]]
+    valid = valid_mask(data, [None] * len(used))
+    image = data.astype(np.float32)
+    fill_invalid(image[None], valid[None], meta.mean)
+    return Tile(uri, image, valid, None, None, list(used))
 
 
 def iter_tiles(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None,
