@@ -131,10 +131,48 @@ def classify_scene(
 
     ``tile_size`` defaults to the model's img_size and ``stride`` to the tile size; both count pixels
     of the read grid (the scene's, or the model's GSD when resampling). See the module docstring.
+    The steps: check the options, open the scene, plan the windows, stream the map, draw the preview.
     """
     meta, classes = model.meta, list(model.classes)
-    if len(classes) > NODATA_CLASS:
-        raise ValueError(f"{len(classes)} classes do not fit a uint8 map with nodata {NODATA_CLASS}")
+    tile, stride = _window_sizes(model, tile_size, stride, min_valid)
+    outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview)
+    check_outputs([p for p in outputs.values() if p is not None], overwrite)
+    start_time = time.perf_counter()
+    with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(scene, meta, bands, resample) as reader:
+        _check_scene_size(reader, scene, tile, stride)
+        if check_stats:
+            reader.check_statistics()
+        grid = _WindowGrid(axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride), tile)
+        map_t = reader.transform @ Affine.scale(stride)
+        tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride,
+                                    "min_valid": min_valid, "resampling": reader.resample_note})
+        with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid) as sink:
+            classified = _classify_windows(model, reader, grid, sink, batch_size, min_valid,
+                                           desc=output_stem(scene) if progress else None)
+        note, rgb = reader.resample_note, _rgb_choice(meta.bands, reader.bands)
+        read_bands = list(reader.bands)
+    if outputs["preview"] is not None:
+        p2 = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
+        p98 = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None
+        with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
+            write_preview(outputs["preview"], scene, [read_bands[i] for i in rgb], p2, p98,
+                          str(outputs["classes"]), classes,
+                          title=f"{output_stem(scene)}: tile {tile}, stride {stride} ({note})")
+    return SceneResult(
+        scene=scene, class_map=outputs["classes"], probs=outputs["probs"], geojson=outputs["geojson"],
+        preview=outputs["preview"], map_size=(grid.width, grid.height), windows=grid.n_windows,
+        classified_windows=classified, class_counts={c: int(sink.counts[k]) for k, c in enumerate(classes)},
+        nodata_cells=int(sink.counts[NODATA_CLASS]), seconds=time.perf_counter() - start_time, resample_note=note,
+        transform=map_t,
+    )
+
+
+def _window_sizes(model: LandCoverModel, tile_size: int | None, stride: int | None,
+                  min_valid: float) -> tuple[int, int]:
+    """(tile, stride) in read-grid pixels, after the checks that need no scene."""
+    meta = model.meta
+    if len(model.classes) > NODATA_CLASS:
+        raise ValueError(f"{len(model.classes)} classes do not fit a uint8 map with nodata {NODATA_CLASS}")
     tile = int(tile_size or meta.img_size)
     stride = int(stride or tile)
     if tile < meta.patch_size or tile % meta.patch_size:
@@ -143,108 +181,151 @@ def classify_scene(
         raise ValueError(f"stride must be >= 1, got {stride}")
     if not 0.0 < min_valid <= 1.0:
         raise ValueError(f"min_valid must be in (0, 1], got {min_valid}")
-    out_dir = ensure_out_dir(out_dir)
-    outputs = scene_outputs(out_dir, scene, probs, geojson, preview)
-    check_outputs([p for p in outputs.values() if p is not None], overwrite)
-    start_time = time.perf_counter()
-    device = model_device(model)
+    return tile, stride
 
-    with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(scene, meta, bands, resample) as reader:
-        if reader.width < tile or reader.height < tile:
-            raise ValueError(
-                f"{scene}: {reader.width}x{reader.height} px{' after resampling' if reader.target_res else ''} "
-                f"is smaller than one {tile} px tile (use a smaller --tile-size)"
-            )
-        if reader.width < stride or reader.height < stride:
-            raise ValueError(f"{scene}: {reader.width}x{reader.height} px is smaller than one {stride} px stride")
-        if check_stats:
-            reader.check_statistics()
-        rows, cols = axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride)
-        width, height = cols.n_cells, rows.n_cells
-        grid_t = reader.transform
-        map_t = grid_t @ Affine.scale(stride)
-        tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride,
-                                    "min_valid": min_valid, "resampling": reader.resample_note})
-        common: dict[str, Any] = {"width": width, "height": height, "crs": reader.crs, "transform": map_t}
-        writers: list[COGStripWriter] = []
-        counts = np.zeros(NODATA_CLASS + 1, np.int64)
-        n_windows = len(rows.starts) * len(cols.starts)
-        classified = 0
+
+def _check_scene_size(reader: SceneReader, scene: str, tile: int, stride: int) -> None:
+    if reader.width < tile or reader.height < tile:
+        raise ValueError(
+            f"{scene}: {reader.width}x{reader.height} px{' after resampling' if reader.target_res else ''} "
+            f"is smaller than one {tile} px tile (use a smaller --tile-size)"
+        )
+    if reader.width < stride or reader.height < stride:
+        raise ValueError(f"{scene}: {reader.width}x{reader.height} px is smaller than one {stride} px stride")
+
+
+@dataclass
+class _WindowGrid:
+    """The row-major windows of a scene: window ``w`` is row ``w // n_cols``, column ``w % n_cols``."""
+
+    rows: AxisPlan
+    cols: AxisPlan
+    tile: int
+
+    @property
+    def width(self) -> int:
+        return self.cols.n_cells
+
+    @property
+    def height(self) -> int:
+        return self.rows.n_cells
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.rows.starts) * len(self.cols.starts)
+
+    def position(self, w: int) -> tuple[int, int]:
+        """(row index, column index) of window ``w``."""
+        return divmod(w, len(self.cols.starts))
+
+    def origins(self, first: int, count: int) -> list[tuple[int, int]]:
+        """(column, row) pixel origins of windows ``first .. first + count - 1`` (clipped to the grid)."""
+        n_cols = len(self.cols.starts)
+        return [(self.cols.starts[i % n_cols], self.rows.starts[i // n_cols])
+                for i in range(first, min(first + count, self.n_windows))]
+
+    def first_open_row(self, w: int) -> int:
+        """The first map row window ``w`` (and every later window) can still reach."""
+        return int(self.rows.cells[w // len(self.cols.starts)][0, 0]) if w < self.n_windows else self.height
+
+
+class _MapWriter:
+    """The class map (and probability) COG writers plus the open map rows: windows add probabilities,
+    finished rows are written and forgotten, class counts kept. Committed on a clean exit, aborted
+    (nothing left behind) on any exception."""
+
+    def __init__(self, outputs: dict[str, Path | None], classes: list[str], tags: dict[str, str],
+                 grid: _WindowGrid, crs: Any, transform: Affine, min_valid: float) -> None:
+        self.outputs, self.classes, self.tags, self.grid = outputs, classes, tags, grid
+        self.common: dict[str, Any] = {"width": grid.width, "height": grid.height, "crs": crs, "transform": transform}
+        self.min_valid = min_valid
+        self.acc = _RowAccumulator(grid.width, len(classes))
+        self.counts = np.zeros(NODATA_CLASS + 1, np.int64)
+        self.next_row = 0
+        self.writers: list[COGStripWriter] = []
+        self._geojson: Any = None
+        self.gj: Any = None
+
+    def __enter__(self) -> _MapWriter:
         try:
-            writers.append(COGStripWriter(
-                outputs["classes"], count=1, dtype="uint8", nodata=NODATA_CLASS, colormap=colormap_entries(classes),
-                tags=tags, descriptions=["land cover class"], **common))
-            if outputs["probs"] is not None:
-                writers.append(COGStripWriter(
-                    outputs["probs"], count=len(classes), dtype="float32", nodata=float("nan"), tags=tags,
-                    descriptions=classes, overview_resampling="average", **common))
-            with geojson_writer(outputs["geojson"]) if outputs["geojson"] else _null() as gj:
-                acc = _RowAccumulator(width, len(classes))
-                next_row = 0
-
-                def finish_rows(until: int) -> None:
-                    nonlocal next_row
-                    for r in range(next_row, until):
-                        cls_row, prob_row = acc.pop(r, min_valid)
-                        counts[:] += np.bincount(cls_row, minlength=NODATA_CLASS + 1)
-                        writers[0].write(cls_row[None, None])
-                        if len(writers) > 1:
-                            writers[1].write(prob_row[:, None])
-                    next_row = max(next_row, until)
-
-                def origins(b0: int) -> list[tuple[int, int]]:
-                    idx = range(b0, min(b0 + batch_size, n_windows))
-                    return [(cols.starts[i % len(cols.starts)], rows.starts[i // len(cols.starts)]) for i in idx]
-
-                bar = tqdm(total=n_windows, unit="win", desc=output_stem(scene), disable=not progress, leave=False)
-                with ThreadPoolExecutor(max_workers=1) as pool:  # read batch n+1 while the model runs batch n
-                    pending = pool.submit(reader.read_batch, origins(0), tile)
-                    for b0 in range(0, n_windows, batch_size):
-                        images, valid = pending.result()
-                        if b0 + batch_size < n_windows:
-                            pending = pool.submit(reader.read_batch, origins(b0 + batch_size), tile)
-                        frac = valid.reshape(len(valid), -1).mean(axis=1)
-                        p = np.zeros((len(valid), len(classes)), np.float32)
-                        use = frac > 0
-                        if use.any():
-                            p[use] = run_batches(model.predict_proba, images[use], device)
-                        classified += int((frac >= min_valid).sum())
-                        integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
-                        integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
-                        for i in range(len(valid)):
-                            w = b0 + i
-                            ri, ci = divmod(w, len(cols.starts))
-                            if frac[i] > 0:
-                                _accumulate(acc, rows.cells[ri], cols.cells[ci], integral[i], p[i], float(frac[i]))
-                            if gj is not None and frac[i] >= min_valid:
-                                _add_feature(gj, reader, classes, p[i], float(frac[i]),
-                                             cols.starts[ci], rows.starts[ri], tile)
-                        nxt = b0 + len(valid)
-                        finish_rows(int(rows.cells[nxt // len(cols.starts)][0, 0]) if nxt < n_windows else height)
-                        bar.update(len(valid))
-                bar.close()
-                finish_rows(height)
-                for writer in writers:
-                    writer.commit()
+            self.writers.append(COGStripWriter(
+                self.outputs["classes"], count=1, dtype="uint8", nodata=NODATA_CLASS,
+                colormap=colormap_entries(self.classes), tags=self.tags, descriptions=["land cover class"],
+                **self.common))
+            if self.outputs["probs"] is not None:
+                self.writers.append(COGStripWriter(
+                    self.outputs["probs"], count=len(self.classes), dtype="float32", nodata=float("nan"),
+                    tags=self.tags, descriptions=self.classes, overview_resampling="average", **self.common))
+            self._geojson = geojson_writer(self.outputs["geojson"]) if self.outputs["geojson"] else _null()
+            self.gj = self._geojson.__enter__()
         except BaseException:
-            for writer in writers:
-                writer.abort()
+            self._abort()
             raise
-        note = reader.resample_note
-        rgb = _rgb_choice(meta.bands, reader.bands)
-    if outputs["preview"] is not None:
-        p2 = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
-        p98 = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None
-        with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
-            write_preview(outputs["preview"], scene, [reader.bands[i] for i in rgb], p2, p98,
-                          str(outputs["classes"]), classes,
-                          title=f"{output_stem(scene)}: tile {tile}, stride {stride} ({note})")
-    return SceneResult(
-        scene=scene, class_map=outputs["classes"], probs=outputs["probs"], geojson=outputs["geojson"],
-        preview=outputs["preview"], map_size=(width, height), windows=n_windows, classified_windows=classified,
-        class_counts={c: int(counts[k]) for k, c in enumerate(classes)}, nodata_cells=int(counts[NODATA_CLASS]),
-        seconds=time.perf_counter() - start_time, resample_note=note, transform=map_t,
-    )
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._geojson.__exit__(exc_type, exc, tb)
+            self._abort()
+            return
+        try:
+            self.finish_rows(self.grid.height)
+            for writer in self.writers:
+                writer.commit()
+        except BaseException as error:
+            self._geojson.__exit__(type(error), error, error.__traceback__)
+            self._abort()
+            raise
+        self._geojson.__exit__(None, None, None)
+
+    def _abort(self) -> None:
+        for writer in self.writers:
+            writer.abort()
+
+    def finish_rows(self, until: int) -> None:
+        """Write every map row before ``until``: no later window reaches them."""
+        for r in range(self.next_row, until):
+            cls_row, prob_row = self.acc.pop(r, self.min_valid)
+            self.counts[:] += np.bincount(cls_row, minlength=NODATA_CLASS + 1)
+            self.writers[0].write(cls_row[None, None])
+            if len(self.writers) > 1:
+                self.writers[1].write(prob_row[:, None])
+        self.next_row = max(self.next_row, until)
+
+
+def _classify_windows(model: LandCoverModel, reader: SceneReader, grid: _WindowGrid, sink: _MapWriter,
+                      batch_size: int, min_valid: float, desc: str | None) -> int:
+    """Read, classify and accumulate every window in row-major batches (the next batch is read while the
+    model runs); returns how many windows had at least ``min_valid`` valid pixels."""
+    device, tile, n_windows = model_device(model), grid.tile, grid.n_windows
+    k = len(sink.classes)
+    classified = 0
+    bar = tqdm(total=n_windows, unit="win", desc=desc, disable=desc is None, leave=False)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(reader.read_batch, grid.origins(0, batch_size), tile)
+        for b0 in range(0, n_windows, batch_size):
+            images, valid = pending.result()
+            if b0 + batch_size < n_windows:
+                pending = pool.submit(reader.read_batch, grid.origins(b0 + batch_size, batch_size), tile)
+            frac = valid.reshape(len(valid), -1).mean(axis=1)
+            p = np.zeros((len(valid), k), np.float32)
+            use = frac > 0
+            if use.any():
+                p[use] = run_batches(model.predict_proba, images[use], device)
+            classified += int((frac >= min_valid).sum())
+            integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
+            integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
+            for i in range(len(valid)):
+                ri, ci = grid.position(b0 + i)
+                if frac[i] > 0:
+                    _accumulate(sink.acc, grid.rows.cells[ri], grid.cols.cells[ci], integral[i], p[i], float(frac[i]))
+                if sink.gj is not None and frac[i] >= min_valid:
+                    _add_feature(sink.gj, reader, sink.classes, p[i], float(frac[i]),
+                                 grid.cols.starts[ci], grid.rows.starts[ri], tile)
+            sink.finish_rows(grid.first_open_row(b0 + len(valid)))
+            bar.update(len(valid))
+    bar.close()
+    return classified
 
 
 def _accumulate(acc: _RowAccumulator, row_cells: np.ndarray, col_cells: np.ndarray, integral: np.ndarray,
