@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from geossl.data.patches import balanced_subset  # noqa: E402
+from geossl.data.splits import balanced_subset  # noqa: E402
 from geossl.settings import data_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from rasterio.transform import from_origin
 
-from geossl.data.patches import PatchDataset, balanced_subset, stratified_split
+from geossl.data.patches import PatchDataset
+from geossl.data.splits import balanced_subset, stratified_split
 
 EUROSAT_CLASSES = [
     "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",

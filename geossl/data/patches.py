@@ -8,11 +8,9 @@ found after an hour of pretraining costs an hour; a bad file surfaces at ``__get
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,13 +19,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from geossl.data.splits import balanced_subset, read_label_csv, stratified_split
 from geossl.settings import resolve_data_path
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 RASTERIO_EXTS = (".tif", ".tiff")
 SPLITS_FILE = "splits.csv"
 LABELS_FILE = "labels.csv"
-SPLIT_NAMES = ("train", "val", "test")
 PROBE_FILES = 5  # readable file headers that vote on a dataset's band count and dtype
 MAX_UNREADABLE_IN_A_ROW = 20  # ... and how many unreadable ones in a row end the search
 
@@ -105,86 +103,6 @@ def to_compact_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor if tensor.dtype == target else tensor.to(target)
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
-) -> np.ndarray:
-    """Assign "train"/"val"/"test" so every class keeps the given fractions; deterministic in ``seed``.
-
-    Per class, counts are rounded with the largest-remainder rule so they add up exactly.
-    """
-    labels = np.asarray(labels)
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"stratified_split: fractions must be three non-negative numbers summing to 1, got {fractions}")
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(labels), dtype="<U5")
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        rng.shuffle(members)
-        exact = np.asarray(fractions, dtype=np.float64) * len(members)
-        counts = np.floor(exact).astype(int)
-        for k in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
-            counts[k] += 1
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        for name, start, stop in zip(SPLIT_NAMES, bounds[:-1], bounds[1:], strict=True):
-            out[members[start:stop]] = name
-    return out
-
-
-def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``limit`` items, as even across classes as the class sizes allow."""
-    labels = np.asarray(labels)
-    if limit >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    rank = np.empty(len(labels), dtype=np.int64)
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        rank[members] = rng.permutation(len(members))
-    class_order = rng.permutation(int(labels.max()) + 1)
-    # Round-robin: every class's 1st pick, then every class's 2nd pick, ...
-    order = np.lexsort((class_order[labels], rank))
-    return np.sort(order[:limit])
-
-
-def read_label_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | None]:
-    """Rows of a ``path,label[,split]`` CSV, with errors naming the file."""
-    try:
-        with open(csv_path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            if "path" not in fields or "label" not in fields:
-                raise ValueError(f"{csv_path}: expected a header with columns path,label[,split]; got {fields}")
-            reader.fieldnames = fields
-            rows = list(reader)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{csv_path}: file not found") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{csv_path}: not a readable CSV ({exc})") from None
-    if not rows:
-        raise ValueError(f"{csv_path}: no rows")
-    paths = [(r["path"] or "").strip() for r in rows]
-    labels = [(r["label"] or "").strip() for r in rows]
-    for line, (p, lab) in enumerate(zip(paths, labels, strict=True), start=2):
-        if not p or not lab:
-            raise ValueError(f"{csv_path}: line {line}: empty path or label")
-    splits = [(r.get("split") or "").strip() for r in rows] if "split" in fields else None
-    if splits is not None:
-        check_split_leaks([os.path.normpath(p) for p in paths], splits, csv_path)
-    return paths, labels, splits
-
-
-def check_split_leaks(paths: list[str] | list[Path], splits: list[str], source: str | Path) -> None:
-    """Refuse a file listed in two different splits: it would leak test (or val) data into training."""
-    first: dict[str, str] = {}
-    for path, split in zip(map(str, paths), splits, strict=True):
-        if not split:  # a row without a split is left out, never evaluated
-            continue
-        seen = first.setdefault(path, split)
-        if seen != split:
-            raise ValueError(f"{source}: {path} is in both the {seen!r} and the {split!r} split "
-                             "(a file in two splits leaks evaluation data into training); list it once")
-
-
 def _scan_class_folders(root: Path) -> tuple[list[str], list[str]]:
     """``<root>/<Class>/<image>`` files, sorted by class then name; hidden entries ignored."""
     paths: list[str] = []
@@ -254,6 +172,7 @@ class PatchDataset(torch.utils.data.Dataset):
             labels = labels[keep]
 
         self.paths = [p if p.is_absolute() else self.root / p for p in map(Path, paths)]
+        self._masked: bool | None = None
         self.labels = labels
         self._check_exist(table)
         self._probe_layout()
@@ -353,17 +272,45 @@ class PatchDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} patches")
         i = i % len(self)
-        array = self.read(self.paths[i])
-        return {"image": to_compact_tensor(array), "label": int(self.labels[i]), "index": i}
+        array, valid = self.read_with_mask(self.paths[i])
+        item = {"image": to_compact_tensor(array), "label": int(self.labels[i]), "index": i}
+        if self.masked:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(valid))
+        return item
+
+    @property
+    def masked(self) -> bool:
+        """Items carry a validity ``mask`` when any file is a raster (GeoTIFF): nodata, NaN/inf and GDAL
+        masks follow the one rule of :mod:`geossl.data.raster`, as at inference. Images never have
+        invalid pixels; in a mixed folder they get an all-valid mask, so every item has the same keys."""
+        if self._masked is None:
+            self._masked = any(p.suffix.lower() in RASTERIO_EXTS for p in self.paths)
+        return self._masked
 
     def read(self, path: Path) -> np.ndarray:
-        """(C,H,W) array of the selected bands of one file, in the file's dtype; a bad file raises
-        :class:`BadPatchError` naming it."""
+        """(C,H,W) array of the selected bands of one file, in the file's dtype (NaN/inf replaced by the
+        band's fill value); a bad file raises :class:`BadPatchError` naming it."""
+        return self.read_with_mask(path)[0]
+
+    def read_with_mask(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(array, (H, W) validity) of one file: rasters through the raster layer's reader and rule."""
+        if path.suffix.lower() not in RASTERIO_EXTS:
+            array = self._read_image(path)
+            return array, np.ones(array.shape[1:], dtype=bool)
+        from geossl.data.raster import WindowReader
+
         try:
-            if path.suffix.lower() in RASTERIO_EXTS:
-                with _rasterio(path).open(path) as src:
-                    self._check_layout(path, src.count, src.dtypes[0])
-                    return src.read(self.bands)
+            with _rasterio(path).open(path) as src:
+                self._check_layout(path, src.count, src.dtypes[0])
+                reader = WindowReader(src, self.bands or range(1, src.count + 1), str(path))
+                return reader.read(0, 0, src.width, src.height)
+        except (_decode_errors() + (ValueError,)) as exc:
+            if isinstance(exc, BadPatchError):
+                raise
+            raise BadPatchError(path, "unreadable", f"not a readable image or truncated ({exc})") from None
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        try:
             with Image.open(path) as img:
                 count, dtype = _pil_layout(img, path)
                 self._check_layout(path, count, dtype)

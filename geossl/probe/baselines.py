@@ -49,7 +49,9 @@ def band_statistics_features(
 
     def compute(dataset: torch.utils.data.Dataset) -> torch.Tensor:
         dim = len(BAND_STAT_NAMES) * dataset.band_count
-        return map_dataset(band_statistics, dataset, dim, batch_size, num_workers, "cpu", "band statistics")
+        invalid = torch.full((dataset.band_count,), torch.nan)  # masked pixels (raster rule) are ignored
+        return map_dataset(band_statistics, dataset, dim, batch_size, num_workers, "cpu", "band statistics",
+                           fill=invalid)
 
     return cached_table_features(key, table, cache_dir, RECIPE, compute)
 

@@ -21,7 +21,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from geossl.data.patches import SPLIT_NAMES, PatchDataset, check_split_leaks, read_label_csv, stratified_split
+from geossl.data.patches import PatchDataset
+from geossl.data.splits import SPLIT_NAMES, check_split_leaks, read_label_csv, stratified_split
 from geossl.evaluation.features import extract_features
 from geossl.io import atomic_path, atomic_write_text
 from geossl.models.encoder import META_FILE, WEIGHTS_FILE, Encoder
