@@ -110,21 +110,33 @@ def test_dinov2_original_with_registers(tmp_path):
     assert read_meta(out).extra["import"]["layout"] == "dinov2"
 
 
-def test_dinov3_original(tmp_path):
-    """Meta's DINOv3 backbone file: storage_tokens, ls1/ls2.gamma, qkv.bias + bias_mask, rope periods."""
-    source = small("vit_small_patch16_dinov3", img_size=64, global_pool="token", **VIT)
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_small_patch16_dinov3_qkvb"])
+def test_dinov3_original(tmp_path, name):
+    """Meta's DINOv3 backbone file: storage_tokens, ls1/ls2.gamma, qkv.bias (zero k part) + bias_mask, rope
+    periods; the _qkvb variant (the satellite model's) keeps the q and v biases."""
+    source = small(name, img_size=64, global_pool="token", **VIT)
+    with torch.no_grad():
+        for block in source.blocks:  # timm initialises the biases at zero: make them count
+            for bias in (getattr(block.attn, "q_bias", None), getattr(block.attn, "v_bias", None)):
+                if bias is not None:
+                    bias.normal_()
     state = {}
     for key, value in source.state_dict().items():
         key = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        if key.endswith(("attn.q_bias", "attn.v_bias")):
+            continue
         state[key] = value
     for i in range(VIT["depth"]):
-        state[f"blocks.{i}.attn.qkv.bias"] = torch.zeros(3 * source.embed_dim)
+        attn = source.blocks[i].attn
+        q = attn.q_bias.detach() if getattr(attn, "q_bias", None) is not None else torch.zeros(source.embed_dim)
+        v = attn.v_bias.detach() if getattr(attn, "v_bias", None) is not None else torch.zeros(source.embed_dim)
+        state[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q, torch.zeros(source.embed_dim), v])
         state[f"blocks.{i}.attn.qkv.bias_mask"] = torch.ones(3 * source.embed_dim)
     state["mask_token"] = torch.zeros(1, source.embed_dim)
     state["rope_embed.periods"] = torch.arange(16, dtype=torch.float32)
     torch.save(state, tmp_path / "dinov3_vits16_pretrain.pth")
     out = tmp_path / "enc"
-    assert import_cli("--timm", "vit_small_patch16_dinov3", "--weights", str(tmp_path / "dinov3_vits16_pretrain.pth"),
+    assert import_cli("--timm", name, "--weights", str(tmp_path / "dinov3_vits16_pretrain.pth"),
                       "--bands", "R,G,B", *IMAGENET, "--img-size", "64", "--timm-kwargs", json.dumps(VIT),
                       "--out", str(out)) == 0
     assert_same_outputs(source, out, 64)
