@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +62,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace results unless asked: one line listing what already exists."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} (pass --overwrite to replace)")

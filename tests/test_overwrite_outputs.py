@@ -43,7 +43,7 @@ def test_probe_refuses_a_folder_holding_a_probe(probe_inputs: tuple[Path, Path],
         (out / "metrics.json").write_text(OLD)
     assert main(probe_args(probe_inputs, out)) == 1
     err = one_line_error(capsys)
-    assert f"{out}: already holds a probe ({held}); use --overwrite to replace it" in err
+    assert f"{out / held} already exists (pass --overwrite to replace)" in err
     assert sorted(p.name for p in out.iterdir()) == [held]  # nothing written: no cache, no splits.csv
     if held == "metrics.json":
         assert (out / "metrics.json").read_text() == OLD
@@ -61,7 +61,7 @@ def test_probe_overwrite_replaces_and_a_cache_alone_is_reused(probe_inputs: tupl
     capsys.readouterr()
 
     assert main(probe_args(probe_inputs, out)) == 1
-    assert "already holds a probe (metrics.json, model)" in one_line_error(capsys)
+    assert "metrics.json, " in (err := one_line_error(capsys)) and "model already exist (pass --overwrite" in err
     assert (out / "metrics.json").read_text() == OLD
 
     assert main([*probe_args(probe_inputs, out), "--overwrite"]) == 0
@@ -76,7 +76,7 @@ def test_stats_refuses_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFi
     out.write_text(OLD)
     args = ["stats", "--input", str(data), "--out", str(out), "--tiles", "6"]
     assert main(args) == 1
-    assert f"{out}: already exists; use --overwrite to replace it" in one_line_error(capsys)
+    assert f"{out} already exists (pass --overwrite to replace)" in one_line_error(capsys)
     assert out.read_text() == OLD
 
     assert main([*args, "--overwrite"]) == 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from geossl.data.stats import compute_stats
+from geossl.io import check_outputs
 
 
 def parse_bands(text: str | None) -> list[int] | None:
@@ -34,19 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace existing statistics unless asked, as ``geossl classify`` does: a config's
-    ``data.stats`` may name the file, and a run resumed on changed numbers sees differently normalised
-    inputs. Checked before sampling, so the mistake costs seconds, not the sampling time."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; use --overwrite to replace it")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.tiles < 1 or args.tile_size < 1:
         raise ValueError("--tiles and --tile-size must be >= 1")
     bands = parse_bands(args.bands)
-    check_out(Path(args.out), args.overwrite)
+    # a config's data.stats may name the file: a resumed run must not see other numbers. Before sampling.
+    check_outputs([Path(args.out)], args.overwrite)
     source = args.input if len(args.input) > 1 else args.input[0]
     stats = compute_stats(source, kind=args.kind, bands=bands, n_tiles=args.tiles,
                           tile_size=args.tile_size, seed=args.seed)

@@ -28,7 +28,20 @@ def metric_line(**values: float | int) -> str:
     return "geossl-metric " + " ".join(parts)
 
 
-class MetricPrinter(L.Callback):
+class HistoryCallback(L.Callback):
+    """A callback whose ``history`` (a list of plain dicts) travels in checkpoints, so a resumed run's
+    curves and summary show the whole run, not only the part since the resume."""
+
+    history: list[dict[str, float]]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class MetricPrinter(HistoryCallback):
     """Every ``every`` steps on rank 0: loss, lr and throughput as one unbuffered line; warns on collapse.
 
     Also the place where the (device-side) non-finite counter is read, so the hot path never syncs.
@@ -41,12 +54,6 @@ class MetricPrinter(L.Callback):
         self._last_step = 0
         self.history: list[dict[str, float]] = []
 
-    def state_dict(self) -> dict[str, Any]:
-        """The history travels in checkpoints, so a resumed run's curves show the whole run."""
-        return {"history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -163,7 +170,7 @@ class FinalCheckpoint(L.Callback):
         trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
 
 
-class KNNMonitor(L.Callback):
+class KNNMonitor(HistoryCallback):
     """Online k-NN top-1 of the teacher's CLS features on a small labelled set, every few epochs."""
 
     def __init__(self, cfg: EvalConfig, bands: list[int] | None, seed: int, data_root: str | None = None) -> None:
@@ -178,11 +185,6 @@ class KNNMonitor(L.Callback):
                                     classes=self.train_set.classes)
         self.history: list[dict[str, float]] = []
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
 
     def run(self, pl_module: Any) -> float:
         from geossl.evaluation.features import extract_features

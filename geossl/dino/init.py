@@ -83,12 +83,12 @@ def _load_run_head(model: nn.Module, run_dir: Path | None) -> str:
     heads = {f"{net}.{name}": getattr(getattr(model, net), name)
              for net in ("student", "teacher") for name in ("head", "ibot_head")
              if getattr(getattr(model, net), name) is not None}
+    saved = {prefix: {k[len(f"model.{prefix}."):]: v for k, v in state.items() if k.startswith(f"model.{prefix}.")}
+             for prefix in heads}
     for prefix, head in heads.items():
-        sub = {k[len(f"model.{prefix}."):]: v for k, v in state.items() if k.startswith(f"model.{prefix}.")}
         own = head.state_dict()
-        if set(sub) != set(own) or any(sub[k].shape != own[k].shape for k in own):
+        if set(saved[prefix]) != set(own) or any(saved[prefix][k].shape != own[k].shape for k in own):
             return f"new (the head in {ckpt} has another shape)"
     for prefix, head in heads.items():
-        head.load_state_dict({k[len(f"model.{prefix}."):]: v for k, v in state.items()
-                              if k.startswith(f"model.{prefix}.")})
+        head.load_state_dict(saved[prefix])
     return f"from {ckpt}"

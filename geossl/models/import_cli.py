@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geossl.io import check_outputs
 from geossl.models.bands import NEW_BAND_POLICIES, parse_band_list
 from geossl.models.encoder import FEATURE_RECIPES, META_FILE, Encoder, export_encoder, load_encoder
 from geossl.models.importer import Normalization, adapt_encoder, import_weights, rename_bands
@@ -95,13 +96,6 @@ def torchgeo_source(name: str) -> tuple[str, list[str], Normalization | None]:
     return model, list(bands), norm
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if (out / META_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out}: already holds an encoder; use --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
-
-
 def _import(args: argparse.Namespace) -> Encoder:
     """Import (or load) the source, then adapt it when bands, sizes or statistics change."""
     sources = [s for s in (args.timm, args.torchgeo, args.from_dir) if s]
@@ -158,7 +152,7 @@ def _import_file(args: argparse.Namespace, kwargs: dict[str, Any], adapting: boo
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    check_outputs([out / META_FILE], args.overwrite)  # an existing encoder is never replaced silently
     encoder = _import(args)
     export_encoder(encoder.backbone, encoder.meta, out)
     meta = encoder.meta

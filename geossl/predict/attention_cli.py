@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geossl.predict.common import check_outputs, ensure_out_dir, gdal_env, parse_bands, pick_device
+from geossl.io import check_outputs
+from geossl.predict.common import ensure_out_dir, gdal_env, parse_bands, pick_device
 
 MAX_SIDE = 1024  # attention is per tile; a whole scene would be a quadratic number of token pairs
 

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from geossl.predict.common import check_outputs, ensure_out_dir, parse_bands, pick_device
+from geossl.io import check_outputs
+from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
 from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
 
 

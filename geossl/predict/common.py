@@ -133,14 +133,6 @@ def ensure_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out_dir
 
 
-def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
-    """Refuse to replace results unless asked: one line listing what already exists."""
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} (pass --overwrite to replace)")
-
-
 def pick_device(name: str | None = None) -> torch.device:
     """``auto`` (or None) -> the GPU when there is one, else the CPU; an unavailable device is an error."""
     if name in (None, "", "auto"):

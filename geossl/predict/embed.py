@@ -28,10 +28,9 @@ from pyproj import CRS
 from tqdm import tqdm
 
 from geossl.data.raster import axis_plan
-from geossl.io import atomic_path
+from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import Encoder, EncoderMeta
 from geossl.predict.common import (
-    check_outputs,
     check_statistics,
     ensure_out_dir,
     gdal_env,

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from geossl.data.raster import AxisPlan as AxisPlan  # re-exported: the planner lives in the raster layer
 from geossl.data.raster import axis_plan
+from geossl.io import check_outputs
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import (
-    check_outputs,
     ensure_out_dir,
     gdal_env,
     model_device,

@@ -27,11 +27,10 @@ from tqdm import tqdm
 
 from geossl.data.raster import WindowReader, open_raster, valid_mask
 from geossl.data.uris import RASTER_EXTS, expand_inputs
-from geossl.io import atomic_path
+from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import EncoderMeta
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import (
-    check_outputs,
     check_statistics,
     ensure_out_dir,
     fill_invalid,

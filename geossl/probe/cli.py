@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from geossl.io import check_outputs
 from geossl.settings import data_root
 
 # Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
@@ -78,20 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the probe already in --out (metrics.json, model/, figures)")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an earlier probe unless asked, as ``geossl classify`` does: its metrics and model
-    may be what a report or a classified map was made from. Checked before any feature is computed; a
-    folder holding only a feature cache (an interrupted run) is not a probe and is reused.
-    """
-    held = [name for name in PROBE_OUTPUTS if (out / name).exists()]
-    if held and not overwrite:
-        raise FileExistsError(f"{out}: already holds a probe ({', '.join(held)}); use --overwrite to replace it")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    check_out(args.out, args.overwrite)
+    # an earlier probe may be what a report or a map was made from; a folder holding only a feature cache
+    # (an interrupted run) is reused. Checked before any feature is computed.
+    check_outputs([args.out / name for name in PROBE_OUTPUTS], args.overwrite)
     from geossl.probe.run import ProbeOptions, run_probe, summary_line  # heavy imports only when running
 
     opts = ProbeOptions(
