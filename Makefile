@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up, then pretrain -> probe -> classify on the default data, with a summary
+#   make demo   set up, fetch the default data if missing, then pretrain -> probe -> classify, with a summary
+#               (geossl demo fetches into the data root; GEOSSL_DATA_MIRROR=URL fetches from a mirror)
 #   make test   set up, then lint and run the full test suite (what CI runs)
 SHELL := /bin/bash
 VENV  ?= .venv
@@ -25,6 +26,7 @@ lint: setup
 test: setup lint
 	$(VENV)/bin/pytest -q tests
 
+# geossl demo fetches what is missing itself (one place): eurosat-rgb and scenes, verified.
 demo: setup
 	$(VENV)/bin/geossl demo --config configs/demo.yaml --run-dir runs/demo
 

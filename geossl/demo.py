@@ -3,6 +3,8 @@
 pretrain (configs/demo.yaml) -> probe the encoder on EuroSAT RGB beside its baselines (band statistics,
 the same ViT at random init; linear + k-NN, label efficiency) -> classify the real NAIP scene (its R, G, B bands, resampled to EuroSAT's 10 m)
 -> ``RUN/summary.json`` and one line. Steps already done in RUN are reused, so a re-run is cheap.
+Datasets missing from the data root are fetched first (:mod:`geossl.data.fetch`, a mirror from
+``GEOSSL_DATA_MIRROR``); with ``--offline`` or without a network, one line says where to put them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from geossl.io import atomic_write_json, read_json
 from geossl.settings import data_root
 
 NAIP_SCENE = "scenes/naip_5m_north_dakota_2019.tif"
+DEMO_DATASETS = ("eurosat-rgb", "scenes")  # what the demo reads; fetched when absent (geossl/data/fetch.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per label budget")
     parser.add_argument("--splits", default=None,
                         help="a splits CSV (path,label,split) to probe on a subset (default: EuroSAT's splits.csv)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: missing data is an error saying where to put it "
+                             "(default: fetch what is missing, from $GEOSSL_DATA_MIRROR if set)")
     parser.add_argument("overrides", nargs="*", help="pretraining config overrides (key=value)")
 
 
@@ -37,12 +43,18 @@ def _step(name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    root = Path(args.data) if args.data else data_root()
+    # Before the heavy imports: a fresh machine gets its data (or one line saying where to put it) at once.
+    from geossl.data.fetch import fetch_missing
+
+    fetch_missing(DEMO_DATASETS, root, offline=args.offline,
+                  say=lambda line: print(f"geossl demo: {line}", file=sys.stderr, flush=True))
+
     from geossl.dino.train import pretrain
     from geossl.predict import classify_scene
     from geossl.probe.run import ProbeOptions, run_probe, summary_line
 
-    started = time.perf_counter()
-    root = Path(args.data) if args.data else data_root()
     run_dir = Path(args.run_dir)
     overrides = [f"data.root={root}", *args.overrides]
     cfg = load_config(args.config, overrides)
