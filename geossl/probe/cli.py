@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from geossl.io import check_outputs
+from geossl.labels.options import SPLIT_MODES, LabelOptions, parse_class_names
 from geossl.settings import data_root
 
 # Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
@@ -54,6 +55,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", type=Path, default=None,
                         help="path,label,split CSV (paths relative to --data); default: splits.csv in the "
                              "data folder, else a seeded stratified 70/10/20 split")
+    geo = parser.add_argument_group(
+        "labels as geodata",
+        "instead of --data: labelled chips cut from --scenes at the encoder's tile size and GSD, written with "
+        "their table (OUT/chips.csv, OUT/chips.gpkg); labels in any CRS are reprojected to each scene's")
+    geo.add_argument("--labels", type=Path, default=None,
+                     help="points (one chip centred on each) or polygons (chips inside each): GeoJSON, GeoPackage, "
+                          "Shapefile, GeoParquet, ...; a 'split' column (train/val/test) is used when present")
+    geo.add_argument("--label-raster", type=Path, default=None,
+                     help="a land-cover raster (integer classes, any CRS): each chip of the scenes' grid is "
+                          "labelled by its majority class")
+    geo.add_argument("--scenes", nargs="+", default=None, metavar="SCENE",
+                     help="scene files, folders, globs or s3:// prefixes the labels lie on")
+    geo.add_argument("--label-field", default=None, help="the class field of --labels (default: label, else class)")
+    geo.add_argument("--layer", default=None, help="layer of a multi-layer --labels file (GeoPackage)")
+    geo.add_argument("--bands", default=None, help="1-based scene bands in the encoder's order, e.g. 4,3,2 "
+                                                   "(default: by band name, the encoder's training bands, or all)")
+    geo.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
+                     help="resample scenes to the encoder's GSD (default: automatic within 4x, as classify)")
+    geo.add_argument("--split", choices=SPLIT_MODES, default="auto",
+                     help="auto (the labels' split column if any, else random) | random (stratified; a polygon's "
+                          "chips stay together) | column | spatial (whole blocks of --block-size to a split)")
+    geo.add_argument("--block-size", type=float, default=None, metavar="METRES",
+                     help="spatial split block side (default: 10 chip footprints, e.g. 6400 m for 64 px at 10 m)")
+    geo.add_argument("--chips-per-polygon", type=int, default=10, help="at most this many chips per polygon "
+                                                                       "(seeded choice; default 10)")
+    geo.add_argument("--min-overlap", type=float, default=1.0,
+                     help="share of a chip's footprint inside its polygon (default 1.0: wholly inside)")
+    geo.add_argument("--min-purity", type=float, default=0.8,
+                     help="label raster: share of the majority class among a chip's labelled pixels (default 0.8)")
+    geo.add_argument("--min-valid", type=float, default=0.9,
+                     help="share of valid scene pixels in a chip (and labelled pixels, for a label raster; "
+                          "default 0.9); a point also needs a valid pixel at the chip centre")
+    geo.add_argument("--class-names", default=None, metavar="MAP",
+                     help="label raster: class names, as 1=Water,2=Trees or a value,name CSV (default: the codes)")
+    geo.add_argument("--no-check-stats", action="store_true",
+                     help="cut chips even when the scenes' values do not match the encoder's statistics")
     parser.add_argument("--out", type=Path, required=True, help="output folder (metrics, figures, model/)")
     parser.add_argument("--features", choices=FEATURE_RECIPES, default=None,
                         help="feature recipe (default: the encoder's, normally cls_last4)")
@@ -79,17 +116,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the probe already in --out (metrics.json, model/, figures)")
 
 
+def label_options(args: argparse.Namespace) -> LabelOptions | None:
+    """The labels-as-geodata options, or None for a patch probe; conflicting flags are one-line errors."""
+    if args.labels is None and args.label_raster is None:
+        if args.scenes:
+            raise ValueError("--scenes needs --labels or --label-raster (the labels the chips are cut for)")
+        return None
+    from geossl.predict.common import parse_bands
+
+    if args.data is not None or args.splits is not None:
+        raise ValueError("--data/--splits are for labelled patches; with --labels/--label-raster the chips "
+                         "and their split come from the labels and --scenes")
+    if not args.scenes:
+        raise ValueError("--labels/--label-raster need --scenes (the imagery the chips are cut from)")
+    opts = LabelOptions(
+        scenes=list(args.scenes), labels=args.labels, label_raster=args.label_raster, label_field=args.label_field,
+        layer=args.layer, bands=parse_bands(args.bands), resample=args.resample, split=args.split,
+        block_size=args.block_size, chips_per_polygon=args.chips_per_polygon, min_overlap=args.min_overlap,
+        min_purity=args.min_purity, min_valid=args.min_valid, class_names=parse_class_names(args.class_names),
+        check_stats=not args.no_check_stats,
+    )
+    opts.check()
+    return opts
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     # an earlier probe may be what a report or a map was made from; a folder holding only a feature cache
     # (an interrupted run) is reused. Checked before any feature is computed.
     check_outputs([args.out / name for name in PROBE_OUTPUTS], args.overwrite)
+    labels = label_options(args)
     from geossl.probe.run import ProbeOptions, run_probe, summary_line  # heavy imports only when running
 
     opts = ProbeOptions(
         encoder=str(args.encoder),
         data=args.data if args.data is not None else data_root() / "eurosat-rgb",
+        labels=labels,
         out=args.out,
         splits=args.splits,
         features=args.features,

@@ -19,6 +19,7 @@ import torch
 
 from geossl.evaluation.knn import knn_predict
 from geossl.io import atomic_write_json
+from geossl.labels.options import LabelOptions
 from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder, read_meta
 from geossl.models.landcover import save_landcover_model
 from geossl.probe.baselines import BAND_STAT_NAMES, band_statistics_features, standardize
@@ -51,6 +52,7 @@ class ProbeOptions:
     workers: int = 0
     device: str = "cpu"
     random_baseline: bool = True  # also probe the same architecture at random init (band statistics always)
+    labels: LabelOptions | None = None  # labels as geodata over scenes: chips are cut into out/ (``data`` unused)
 
 
 def resolve_device(name: str) -> str:
@@ -207,10 +209,19 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     opts.device = resolve_device(opts.device)
     out = Path(opts.out)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
-    table = load_split_table(opts.data, opts.splits, seed=opts.seed)
+    labels_report = None
+    if opts.labels is None:  # the table is checked before anything is written
+        table = load_split_table(opts.data, opts.splits, seed=opts.seed)
+    else:
+        opts.labels.check()
     encoder, enc_dir, kind = resolve_encoder(opts.encoder, cache_dir, opts.seed)
-    recipe = opts.features or encoder.meta.feature_recipe
     out.mkdir(parents=True, exist_ok=True)
+    if opts.labels is not None:  # chips cut from the scenes at the encoder's tile size and GSD
+        from geossl.labels.chips import build_label_chips
+
+        chipset = build_label_chips(opts.labels, encoder.meta, out, seed=opts.seed)
+        table, labels_report = load_split_table(chipset.table), chipset.report
+    recipe = opts.features or encoder.meta.feature_recipe
     table.write_csv(out / "splits.csv")
 
     main = _features(encoder, enc_dir, kind, table, recipe, opts, cache_dir)
@@ -253,7 +264,7 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
         "encoder": opts.encoder,
         "encoder_kind": kind,
         "encoder_dir": str(enc_dir),
-        "data": str(opts.data),
+        "data": str(opts.data) if labels_report is None else labels_report["table"],
         "splits_source": table.source,
         "feature_recipe": recipe,
         "feature_dim": int(main.all.shape[1]),
@@ -274,6 +285,8 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
                          "label_efficiency": round(time.perf_counter() - t_eff, 3) if efficiency else 0.0,
                          "total": round(time.perf_counter() - t_start, 3)},
     }
+    if labels_report is not None:
+        metrics["labels"] = labels_report
     if efficiency is not None:
         metrics["label_efficiency"] = {
             name: dict(zip(map(str, efficiency["budgets"]), c["linear"]["mean"], strict=True))
@@ -294,8 +307,10 @@ def baselines_text(metrics: dict[str, Any]) -> str:
 
 def summary_line(metrics: dict[str, Any]) -> str:
     n = metrics["counts"]["test"]["total"]
+    labels = metrics.get("labels")
+    what = "patches" if labels is None else f"chips, {labels['split']['mode']} split"
     return (
         f"probe ({metrics['encoder_kind']}, {metrics['feature_recipe']}): linear top-1 {metrics['linear_top1']:.1%} "
         f"(wd {metrics['linear']['chosen']['weight_decay']:g}), k-NN top-1 {metrics['knn_top1']:.1%} on {n} test "
-        f"patches; {baselines_text(metrics)}; {metrics['wall_seconds']['total']:.0f} s; model -> {metrics['model_dir']}"
+        f"{what}; {baselines_text(metrics)}; {metrics['wall_seconds']['total']:.0f} s; model -> {metrics['model_dir']}"
     )
