@@ -144,3 +144,35 @@ def test_probe_from_a_label_raster_then_classify_the_scene(naip: Path, files: di
     assert maps
     with rasterio.open(maps[0]) as m:
         assert m.crs.to_epsg() == 26914 and m.count >= 1
+
+
+def test_scenes_on_s3_give_the_same_chips_as_local_files(moto_server: str, naip: Path, files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    from geossl.data.s3 import s3_client
+
+    s3_client().create_bucket(Bucket="scenes")
+    s3_client().upload_file(str(naip), "scenes", f"naip/{naip.name}")
+    opts = dict(label_raster=files["raster"], class_names=dict(NAIP_CLASSES))
+    meta = read_meta(files["encoder"])
+    remote = build_label_chips(LabelOptions(scenes=["s3://scenes/naip/"], **opts), meta, tmp_path / "s3")
+    local = build_label_chips(LabelOptions(scenes=[str(naip)], **opts), meta, tmp_path / "local")
+    remote_rows, local_rows = read_table(remote.table), read_table(local.table)
+    assert remote_rows[0]["scene"] == f"/vsis3/scenes/naip/{naip.name}" and len(remote_rows) == len(local_rows)
+    for a, b in zip(remote_rows[::25], local_rows[::25], strict=True):
+        assert (a["label"], a["col_off"], a["row_off"]) == (b["label"], b["col_off"], b["row_off"])
+        with rasterio.open(tmp_path / "s3" / a["path"]) as ra, rasterio.open(tmp_path / "local" / b["path"]) as rb:
+            assert np.array_equal(ra.read(), rb.read())
+
+
+def test_min_overlap_below_one_allows_chips_overhanging_the_polygon(naip: Path, files: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    opts = LabelOptions(scenes=[str(naip)], labels=files["fields"], label_field="landcover", chips_per_polygon=10,
+                        min_overlap=0.6, fractions=(0.5, 0.25, 0.25))
+    rows = read_table(build_label_chips(opts, read_meta(files["encoder"]), tmp_path).table)
+    fields = gpd.read_file(files["fields"]).to_crs("EPSG:26914")
+    covered = []
+    for row in rows:
+        box = shapely.box(*(float(row[k]) for k in ("minx", "miny", "maxx", "maxy")))
+        covered.append(box.intersection(fields.geometry.iloc[int(row["source_row"])]).area / box.area)
+    assert min(covered) >= 0.6 - 1e-6 and min(covered) < 0.99  # some overhang, never more than allowed
+    assert max(np.bincount([int(r["source_row"]) for r in rows])) > 4  # more than the 4 whole chips inside

@@ -107,14 +107,19 @@ def window_boxes(scene: SceneGrid, cols: np.ndarray, rows: np.ndarray, tile: int
 
 def _polygon_windows(poly: Any, scene: SceneGrid, tile: int, min_overlap: float) -> list[tuple[int, int]]:
     """Non-overlapping chip windows on a grid anchored at the first whole pixel of the polygon's bounding
-    box, kept when the polygon covers at least ``min_overlap`` of them."""
+    box (less the overhang ``min_overlap`` allows), kept when the polygon covers at least ``min_overlap``
+    of them."""
     import shapely
 
     minx, miny, maxx, maxy = poly.bounds
     cols, rows = ~scene.transform @ (np.array([minx, maxx, minx, maxx]), np.array([miny, miny, maxy, maxy]))
-    # whole pixels of the bounding box: a chip overhanging the polygon by a part-pixel would fail min_overlap 1
-    c_lo, c_hi = max(0, math.ceil(cols.min() - SNAP)), min(scene.width, math.floor(cols.max() + SNAP))
-    r_lo, r_hi = max(0, math.ceil(rows.min() - SNAP)), min(scene.height, math.floor(rows.max() + SNAP))
+    # whole pixels of the bounding box (a chip overhanging the polygon by a part-pixel would fail
+    # min_overlap 1), widened by the overhang a lower min_overlap allows
+    margin = math.floor(tile * (1.0 - min_overlap) + 1e-9)
+    c_lo = max(0, math.ceil(cols.min() - SNAP) - margin)
+    c_hi = min(scene.width, math.floor(cols.max() + SNAP) + margin)
+    r_lo = max(0, math.ceil(rows.min() - SNAP) - margin)
+    r_hi = min(scene.height, math.floor(rows.max() + SNAP) + margin)
     grid_c, grid_r = np.arange(c_lo, c_hi - tile + 1, tile), np.arange(r_lo, r_hi - tile + 1, tile)
     if grid_c.size == 0 or grid_r.size == 0:
         return []
