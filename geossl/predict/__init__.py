@@ -55,8 +55,11 @@ def classify_scene(model: LandCoverModel | PathLike, scene: str, out_dir: PathLi
     """Sliding-window class map of one scene: ``<scene>_classes.tif`` (COG), tiles GeoJSON, preview PNG.
 
     Options: tile_size, stride, bands (1-based), resample (None = auto), batch_size, min_valid, probs,
-    geojson, preview, overwrite, check_stats, progress (see :func:`geossl.predict.scene.classify_scene`).
+    geojson, preview, overwrite, check_stats, progress, blend (mean|hann), tta, probs_dtype (float32|uint8),
+    rescale (None|percentile), stac, model_path (see :func:`geossl.predict.scene.classify_scene`).
     """
+    if not isinstance(model, LandCoverModel):
+        options.setdefault("model_path", model)  # linked from the STAC Item
     return _classify_scene(_model(model, device), str(scene), out_dir, **options)
 
 

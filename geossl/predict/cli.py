@@ -34,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-valid", type=float, default=0.5,
                         help="fraction of valid pixels a map cell needs; else nodata (255)")
     parser.add_argument("--probs", action="store_true", help="also write <scene>_probs.tif (one band per class)")
+    parser.add_argument("--probs-dtype", choices=("float32", "uint8"), default="float32",
+                        help="probabilities as float32 (NaN nodata) or uint8 = round(p * 254), 255 nodata (4x smaller)")
+    parser.add_argument("--blend", choices=("mean", "hann"), default="mean",
+                        help="combine overlapping windows (stride < tile) by a plain mean or a Hann-weighted mean "
+                             "that trusts window centres more than borders")
+    parser.add_argument("--tta", action="store_true",
+                        help="average each window over its 8 flips/rotations (8x the inference)")
+    parser.add_argument("--rescale", choices=("none", "percentile"), default="none",
+                        help="percentile: map each band's 2nd/98th percentiles onto the model's (scenes in other units)")
+    parser.add_argument("--no-stac", action="store_true", help="skip the <scene>_classes.stac.json STAC Item")
     parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
@@ -43,9 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def scenes_only_options(args: argparse.Namespace) -> str:
+    """The scene-only options given (tiles are classified one prediction per file)."""
+    given = [("--blend hann", args.blend != "mean"), ("--tta", args.tta), ("--rescale", args.rescale != "none")]
+    return ", ".join(name for name, on in given if on)
+
+
 def run(args: argparse.Namespace) -> int:
     from geossl.models.landcover import load_landcover_model
     from geossl.predict.common import output_stem
+    from geossl.predict.rescale import check_rescale
     from geossl.predict.scene import classify_scene, scene_outputs
     from geossl.predict.tiles import classify_tiles
 
@@ -54,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = pick_device(args.device)
     model = load_landcover_model(Path(args.model), device=device)
+    if scenes_only_options(args) and args.mode == "tiles":
+        raise ValueError(f"{scenes_only_options(args)} apply to scene maps, not --mode tiles")
+    if args.rescale == "percentile":
+        check_rescale(args.rescale, model.meta)  # a model without p2/p98: fail before any output
     out_dir = ensure_out_dir(args.out)
     bands = parse_bands(args.bands)
     uris = image_inputs(args.input)
@@ -67,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                          "classify them into separate --out folders")
     planned = [out_dir / CSV_NAME, out_dir / GEOJSON_NAME] if tiles else []
     for scene in scenes:
-        planned += [p for p in scene_outputs(out_dir, scene, args.probs, True, not args.no_preview).values() if p]
+        planned += [p for p in scene_outputs(out_dir, scene, args.probs, True, not args.no_preview,
+                                             not args.no_stac).values() if p]
     check_outputs(planned, args.overwrite)
 
     progress = not args.quiet
@@ -82,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             model, scene, out_dir, tile_size=args.tile_size, stride=args.stride, bands=bands,
             resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
             preview=not args.no_preview, overwrite=args.overwrite, check_stats=not args.no_check_stats,
-            progress=progress,
+            progress=progress, blend=args.blend, tta=args.tta, probs_dtype=args.probs_dtype,
+            rescale=args.rescale, stac=not args.no_stac, model_path=args.model,
         )
         n_windows += res.windows
         print(res.summary(), flush=True)

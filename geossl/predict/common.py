@@ -105,7 +105,8 @@ def check_statistics(meta: EncoderMeta, pixels: np.ndarray, source: str, bands: 
             f"{source}: band {bands[worst]} values (median {median[worst]:.4g}) do not match the model's "
             f"band {meta.bands[worst]!r} (mean {mean[worst]:.4g}, std {std[worst]:.4g}): the model expects "
             f"{meta.bands} with means {[round(m, 4) for m in meta.mean]}; wrong bands or units? "
-            "(--no-check-stats to run anyway)"
+            "(for scenes, --rescale percentile maps the scene's 2nd/98th percentiles onto the model's; "
+            "--no-check-stats runs anyway)"
         )
 
 

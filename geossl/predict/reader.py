@@ -25,6 +25,7 @@ from rasterio.vrt import WarpedVRT
 from geossl.data.raster import WindowReader, open_raster
 from geossl.models.encoder import EncoderMeta
 from geossl.predict.common import check_statistics, fill_invalid, resolve_bands
+from geossl.predict.rescale import LinearRescale, check_rescale, fit_percentile_rescale
 
 RESAMPLE_TOLERANCE = 0.05  # a scene within 5 % of the model's GSD is used as it is
 AUTO_RESAMPLE_MAX = 4.0  # automatic resampling stays within 4x either way; beyond, --resample must ask for it
@@ -64,12 +65,20 @@ def resample_target(
 
 
 class SceneReader:
-    """One open scene (or its resampling VRT): window reads as float32 plus a validity mask."""
+    """One open scene (or its resampling VRT): window reads as float32 plus a validity mask.
+
+    ``rescale="percentile"`` maps each band linearly so that the scene's sampled 2nd/98th percentiles
+    become the model's p2/p98 (:mod:`geossl.predict.rescale`); every read is then in the model's units.
+    """
 
     def __init__(
-        self, uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None, resample: bool | None = None
+        self, uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None, resample: bool | None = None,
+        *, rescale: str | None = None,
     ) -> None:
         self.uri = uri
+        self.meta = meta
+        self.rescaler: LinearRescale | None = None
+        rescale = check_rescale(rescale, meta)
         try:
             self.src = open_raster(uri)
         except FileNotFoundError as exc:
@@ -85,12 +94,13 @@ class SceneReader:
             if target is not None:
                 self.ds, alpha_band = self._warped(target)
             self.windows = WindowReader(self.ds, self.bands, uri, alpha_band=alpha_band)
+            self.target_res = target
+            self.nodata = src.nodata
+            if rescale == "percentile":  # fitted on raw samples: self.rescaler is still None here
+                self.rescaler = fit_percentile_rescale(meta, self.sample_pixels(), uri)
         except Exception:
             self.close()
             raise
-        self.meta = meta
-        self.target_res = target
-        self.nodata = src.nodata
 
     def _warped(self, target: float) -> tuple[WarpedVRT, int | None]:
         """The VRT at ``target`` units per pixel, and its added alpha band (None when not needed)."""
@@ -140,6 +150,8 @@ class SceneReader:
         """(C, h, w) float32 with invalid pixels filled by the model's means, and the (h, w) valid mask."""
         data, valid = self.windows.read(col, row, width, height)
         image = data.astype(np.float32, copy=False)
+        if self.rescaler is not None:
+            self.rescaler.apply(image)
         fill_invalid(image[None], valid[None], self.meta.mean)
         return image, valid
 

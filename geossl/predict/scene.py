@@ -2,9 +2,13 @@
 
 The map's pixels ("cells") are ``stride`` x ``stride`` read-grid pixels, anchored at the scene origin,
 so the map's geotransform is the scene's float64 geotransform scaled by the stride: it overlays the
-scene exactly. Each window adds its class probabilities (weighted by its fraction of valid pixels) to
-the cells whose centres it covers; a cell's class is the argmax of the averaged probabilities. A cell
+scene exactly. Each window adds its class probabilities (weighted by its fraction of valid pixels and,
+with ``blend="hann"``, by a raised cosine of the cell's position in the window: :mod:`geossl.predict.blend`)
+to the cells whose centres it covers; a cell's class is the argmax of the weighted mean. A cell
 is nodata (255) when less than ``min_valid`` of its own pixels are valid (nodata, NaN, masked).
+Options: ``tta`` averages the 8 flips/rotations of each window (:mod:`geossl.predict.tta`), ``rescale``
+maps a scene in other units onto the model's (:mod:`geossl.predict.rescale`), and a STAC Item describes
+the outputs (:mod:`geossl.predict.stac`).
 
 Windows are processed in row-major batches; a map row is written (and forgotten) as soon as no later
 window can reach it, so memory holds a few map rows and two batches, whatever the scene size.
@@ -27,6 +31,7 @@ from geossl.data.raster import AxisPlan as AxisPlan  # re-exported: the planner 
 from geossl.data.raster import axis_plan
 from geossl.io import check_outputs
 from geossl.models.landcover import LandCoverModel
+from geossl.predict.blend import BLENDS, PROBS_UINT8_TAGS, RowAccumulator, axis_weights, quantize_probs
 from geossl.predict.common import (
     ensure_out_dir,
     gdal_env,
@@ -38,6 +43,9 @@ from geossl.predict.common import (
 from geossl.predict.geojson import footprint_lonlat, geojson_writer
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries, write_preview
 from geossl.predict.reader import SceneReader
+from geossl.predict.rescale import scene_low_high
+from geossl.predict.stac import write_scene_item
+from geossl.predict.tta import tta_predict
 
 # GDAL's block cache defaults to 5 % of RAM, enough to hold a whole scene and dominate "bounded memory".
 # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in BYTES: "128" would mean 128 bytes (no cache at all).
@@ -59,6 +67,7 @@ class SceneResult:
     seconds: float
     resample_note: str
     transform: Affine = field(repr=False, default_factory=Affine.identity)
+    stac: Path | None = None
 
     def summary(self) -> str:
         total = sum(self.class_counts.values())
@@ -72,41 +81,19 @@ class SceneResult:
         )
 
 
-def scene_outputs(out_dir: Path, scene: str, probs: bool, geojson: bool, preview: bool) -> dict[str, Path | None]:
+def scene_outputs(out_dir: Path, scene: str, probs: bool, geojson: bool, preview: bool,
+                  stac: bool = True) -> dict[str, Path | None]:
     stem = output_stem(scene)
     return {
         "classes": out_dir / f"{stem}_classes.tif",
         "probs": out_dir / f"{stem}_probs.tif" if probs else None,
         "geojson": out_dir / f"{stem}_tiles.geojson" if geojson else None,
         "preview": out_dir / f"{stem}_preview.png" if preview else None,
+        "stac": out_dir / f"{stem}_classes.stac.json" if stac else None,
     }
 
 
-class _RowAccumulator:
-    """Probability sums of the map rows still open; rows leave in order once final."""
-
-    def __init__(self, width: int, k: int) -> None:
-        self.width, self.k = width, k
-        self.rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def row(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if r not in self.rows:
-            self.rows[r] = (np.zeros((self.width, self.k), np.float32), np.zeros(self.width, np.float32),
-                            np.zeros(self.width, np.float32))
-        return self.rows[r]
-
-    def pop(self, r: int, min_valid: float) -> tuple[np.ndarray, np.ndarray]:
-        """(classes uint8 (width,), probabilities float32 (k, width)) of a finished row."""
-        probs = np.full((self.k, self.width), np.nan, np.float32)
-        classes = np.full(self.width, NODATA_CLASS, np.uint8)
-        entry = self.rows.pop(r, None)
-        if entry is None:  # no window reached this row
-            return classes, probs
-        sums, weight, cell_valid = entry
-        ok = (weight > 0) & (cell_valid >= min_valid)
-        probs[:, ok] = (sums[ok] / weight[ok, None]).T
-        classes[ok] = np.argmax(sums[ok], axis=1).astype(np.uint8)
-        return classes, probs
+_RowAccumulator = RowAccumulator  # the accumulator lives in geossl.predict.blend
 
 
 def classify_scene(
@@ -126,45 +113,69 @@ def classify_scene(
     overwrite: bool = False,
     check_stats: bool = True,
     progress: bool = True,
+    blend: str = "mean",
+    tta: bool = False,
+    probs_dtype: str = "float32",
+    rescale: str | None = None,
+    stac: bool = True,
+    model_path: str | Path | None = None,
 ) -> SceneResult:
     """Classify ``scene`` with ``model`` into ``<out_dir>/<scene>_classes.tif`` (COG) and companions.
 
     ``tile_size`` defaults to the model's img_size and ``stride`` to the tile size; both count pixels
     of the read grid (the scene's, or the model's GSD when resampling). See the module docstring.
-    The steps: check the options, open the scene, plan the windows, stream the map, draw the preview.
+    The steps: check the options, open the scene, plan the windows, stream the map, draw the preview,
+    describe the outputs in a STAC Item. ``blend`` (mean|hann), ``tta``, ``probs_dtype`` (float32|uint8),
+    ``rescale`` (None|percentile): see the module docstring; ``model_path`` is linked from the STAC Item.
     """
     meta, classes = model.meta, list(model.classes)
     tile, stride = _window_sizes(model, tile_size, stride, min_valid)
-    outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview)
+    _check_options(blend, probs_dtype)
+    outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start_time = time.perf_counter()
-    with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(scene, meta, bands, resample) as reader:
+    with (gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+          SceneReader(scene, meta, bands, resample, rescale=rescale) as reader):
         _check_scene_size(reader, scene, tile, stride)
         if check_stats:
             reader.check_statistics()
-        grid = _WindowGrid(axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride), tile)
+        grid = _WindowGrid(axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride), tile,
+                           stride, blend)
         map_t = reader.transform @ Affine.scale(stride)
-        tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride,
-                                    "min_valid": min_valid, "resampling": reader.resample_note})
-        with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid) as sink:
-            classified = _classify_windows(model, reader, grid, sink, batch_size, min_valid,
+        note = reader.resample_note + (f"; {reader.rescaler.note()}" if reader.rescaler else "")
+        tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride, "min_valid": min_valid,
+                                    "resampling": note, "blend": blend, "tta": tta})
+        predict = tta_predict(model.predict_proba) if tta else model.predict_proba
+        with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid, probs_dtype) as sink:
+            classified = _classify_windows(model, predict, reader, grid, sink, batch_size, min_valid,
                                            desc=output_stem(scene) if progress else None)
-        note, rgb = reader.resample_note, _rgb_choice(meta.bands, reader.bands)
-        read_bands = list(reader.bands)
+        rgb = _rgb_choice(meta.bands, reader.bands)
+        read_bands, stretch = list(reader.bands), scene_low_high(reader.rescaler, rgb)
     if outputs["preview"] is not None:
         p2 = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
         p98 = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None
+        if stretch is not None:  # the scene is in other units than the model's: stretch by its own percentiles
+            p2, p98 = stretch
         with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
             write_preview(outputs["preview"], scene, [read_bands[i] for i in rgb], p2, p98,
                           str(outputs["classes"]), classes,
                           title=f"{output_stem(scene)}: tile {tile}, stride {stride} ({note})")
+    if outputs["stac"] is not None:
+        write_scene_item(outputs, scene, tags, model_path)
     return SceneResult(
         scene=scene, class_map=outputs["classes"], probs=outputs["probs"], geojson=outputs["geojson"],
         preview=outputs["preview"], map_size=(grid.width, grid.height), windows=grid.n_windows,
         classified_windows=classified, class_counts={c: int(sink.counts[k]) for k, c in enumerate(classes)},
         nodata_cells=int(sink.counts[NODATA_CLASS]), seconds=time.perf_counter() - start_time, resample_note=note,
-        transform=map_t,
+        transform=map_t, stac=outputs["stac"],
     )
+
+
+def _check_options(blend: str, probs_dtype: str) -> None:
+    if blend not in BLENDS:
+        raise ValueError(f"--blend must be one of {BLENDS}, got {blend!r}")
+    if probs_dtype not in ("float32", "uint8"):
+        raise ValueError(f"--probs-dtype must be float32 or uint8, got {probs_dtype!r}")
 
 
 def _window_sizes(model: LandCoverModel, tile_size: int | None, stride: int | None,
@@ -201,6 +212,12 @@ class _WindowGrid:
     rows: AxisPlan
     cols: AxisPlan
     tile: int
+    stride: int = 0  # 0: the tile size
+    blend: str = "mean"
+
+    def weights(self, cells: np.ndarray, start: int) -> np.ndarray:
+        """Blend weights of a window's ``cells`` (one axis) for a window starting at pixel ``start``."""
+        return axis_weights(self.blend, cells, start, self.stride or self.tile, self.tile)
 
     @property
     def width(self) -> int:
@@ -235,11 +252,12 @@ class _MapWriter:
     (nothing left behind) on any exception."""
 
     def __init__(self, outputs: dict[str, Path | None], classes: list[str], tags: dict[str, str],
-                 grid: _WindowGrid, crs: Any, transform: Affine, min_valid: float) -> None:
+                 grid: _WindowGrid, crs: Any, transform: Affine, min_valid: float,
+                 probs_dtype: str = "float32") -> None:
         self.outputs, self.classes, self.tags, self.grid = outputs, classes, tags, grid
         self.common: dict[str, Any] = {"width": grid.width, "height": grid.height, "crs": crs, "transform": transform}
-        self.min_valid = min_valid
-        self.acc = _RowAccumulator(grid.width, len(classes))
+        self.min_valid, self.probs_dtype = min_valid, probs_dtype
+        self.acc = RowAccumulator(grid.width, len(classes))
         self.counts = np.zeros(NODATA_CLASS + 1, np.int64)
         self.next_row = 0
         self.writers: list[COGStripWriter] = []
@@ -253,9 +271,11 @@ class _MapWriter:
                 colormap=colormap_entries(self.classes), tags=self.tags, descriptions=["land cover class"],
                 **self.common))
             if self.outputs["probs"] is not None:
+                uint8 = self.probs_dtype == "uint8"
                 self.writers.append(COGStripWriter(
-                    self.outputs["probs"], count=len(self.classes), dtype="float32", nodata=float("nan"),
-                    tags=self.tags, descriptions=self.classes, overview_resampling="average", **self.common))
+                    self.outputs["probs"], count=len(self.classes), dtype=self.probs_dtype,
+                    nodata=255 if uint8 else float("nan"), tags={**self.tags, **(PROBS_UINT8_TAGS if uint8 else {})},
+                    descriptions=self.classes, overview_resampling="average", **self.common))
             self._geojson = geojson_writer(self.outputs["geojson"]) if self.outputs["geojson"] else _null()
             self.gj = self._geojson.__enter__()
         except BaseException:
@@ -289,14 +309,15 @@ class _MapWriter:
             self.counts[:] += np.bincount(cls_row, minlength=NODATA_CLASS + 1)
             self.writers[0].write(cls_row[None, None])
             if len(self.writers) > 1:
-                self.writers[1].write(prob_row[:, None])
+                self.writers[1].write((quantize_probs(prob_row) if self.probs_dtype == "uint8" else prob_row)[:, None])
         self.next_row = max(self.next_row, until)
 
 
-def _classify_windows(model: LandCoverModel, reader: SceneReader, grid: _WindowGrid, sink: _MapWriter,
-                      batch_size: int, min_valid: float, desc: str | None) -> int:
-    """Read, classify and accumulate every window in row-major batches (the next batch is read while the
-    model runs); returns how many windows had at least ``min_valid`` valid pixels."""
+def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, grid: _WindowGrid,
+                      sink: _MapWriter, batch_size: int, min_valid: float, desc: str | None) -> int:
+    """Read, classify (``predict``: raw pixels -> probabilities) and accumulate every window in row-major
+    batches (the next batch is read while the model runs); returns how many windows had at least
+    ``min_valid`` valid pixels."""
     device, tile, n_windows = model_device(model), grid.tile, grid.n_windows
     k = len(sink.classes)
     classified = 0
@@ -311,14 +332,16 @@ def _classify_windows(model: LandCoverModel, reader: SceneReader, grid: _WindowG
             p = np.zeros((len(valid), k), np.float32)
             use = frac > 0
             if use.any():
-                p[use] = run_batches(model.predict_proba, images[use], device)
+                p[use] = run_batches(predict, images[use], device)
             classified += int((frac >= min_valid).sum())
             integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
             integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
             for i in range(len(valid)):
                 ri, ci = grid.position(b0 + i)
                 if frac[i] > 0:
-                    _accumulate(sink.acc, grid.rows.cells[ri], grid.cols.cells[ci], integral[i], p[i], float(frac[i]))
+                    rc, cc = grid.rows.cells[ri], grid.cols.cells[ci]
+                    sink.acc.add(rc, cc, integral[i], p[i], float(frac[i]), grid.weights(rc, grid.rows.starts[ri]),
+                                 grid.weights(cc, grid.cols.starts[ci]))
                 if sink.gj is not None and frac[i] >= min_valid:
                     _add_feature(sink.gj, reader, sink.classes, p[i], float(frac[i]),
                                  grid.cols.starts[ci], grid.rows.starts[ri], tile)
@@ -326,19 +349,6 @@ def _classify_windows(model: LandCoverModel, reader: SceneReader, grid: _WindowG
             bar.update(len(valid))
     bar.close()
     return classified
-
-
-def _accumulate(acc: _RowAccumulator, row_cells: np.ndarray, col_cells: np.ndarray, integral: np.ndarray,
-                probs: np.ndarray, weight: float) -> None:
-    """Add one window's probabilities to the cells it feeds; record each cell's own valid fraction."""
-    ks, clo, chi = col_cells[:, 0], col_cells[:, 1], col_cells[:, 2]
-    for r, rlo, rhi in row_cells:
-        block = integral[rhi, chi] - integral[rlo, chi] - integral[rhi, clo] + integral[rlo, clo]
-        area = np.maximum((rhi - rlo) * (chi - clo), 1)
-        sums, wsum, cell_valid = acc.row(int(r))
-        sums[ks] += weight * probs
-        wsum[ks] += weight
-        np.maximum.at(cell_valid, ks, block / area)
 
 
 def _add_feature(gj: Any, reader: SceneReader, classes: list[str], probs: np.ndarray, frac: float,

@@ -1,0 +1,119 @@
+"""A STAC Item beside every class map, so catalogues and viewers find the map, its source and its model.
+
+``<scene>_classes.stac.json`` describes the map as written (read back from the COG, not from what we
+meant to write): footprint and bbox in EPSG:4326, the projection extension (CRS code or WKT2, native
+bbox, shape, geotransform) and the raster extension on the raster assets (data type, nodata, pixel
+size). Assets: the class map, and the probabilities, tiles GeoJSON and preview when written (hrefs
+relative to the item, so the folder can move). Links: ``derived_from`` the source scene and
+``geossl:model`` to the model folder.
+
+Datetime (STAC requires one): the scene's ``TIFFTAG_DATETIME`` when present (TIFF has no time zone:
+read as UTC); otherwise the processing time, flagged by ``geossl:datetime_source = "processing"``, since
+a map with an unknown acquisition date is still a product made at a known time. ``created`` is always
+the processing time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import rasterio
+
+from geossl.io import atomic_write_json
+from geossl.predict.common import gdal_env, output_stem
+from geossl.predict.geojson import footprint_lonlat
+
+MEDIA = {".tif": "image/tiff; application=geotiff; profile=cloud-optimized", ".png": "image/png",
+         ".geojson": "application/geo+json"}
+ROLES = {"classes": ["data"], "probs": ["data"], "geojson": ["metadata"], "preview": ["overview"]}
+TITLES = {"classes": "land-cover classes", "probs": "class probabilities", "geojson": "classified windows",
+          "preview": "scene and map preview"}
+
+
+def scene_datetime(scene: str) -> dt.datetime | None:
+    """The scene's TIFFTAG_DATETIME ("YYYY:MM:DD HH:MM:SS", as UTC), or None when absent or malformed."""
+    with gdal_env(scene), rasterio.open(scene) as src:
+        text = (src.tags().get("TIFFTAG_DATETIME") or "").strip()
+    try:
+        return dt.datetime.strptime(text, "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC) if text else None
+    except ValueError:
+        return None
+
+
+def href_of(uri: str | Path) -> str:
+    """A link target: ``/vsis3/b/k`` -> ``s3://b/k``; a local path -> its absolute path."""
+    text = str(uri)
+    if text.startswith("/vsis3/"):
+        return "s3://" + text[len("/vsis3/"):]
+    if "://" in text or text.startswith("/vsi"):
+        return text
+    return str(Path(text).resolve())
+
+
+def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str],
+               model_path: str | Path | None, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The STAC Item (a dict) describing the written outputs of one scene."""
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+
+    classes_path = outputs["classes"]
+    assert classes_path is not None
+    with rasterio.open(classes_path) as m:
+        crs, transform, shape, bounds = m.crs, m.transform, (m.height, m.width), m.bounds
+    ring = footprint_lonlat(transform, 0, 0, shape[1], shape[0], crs)
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    acquired = scene_datetime(scene)
+    props: dict[str, Any] = {
+        "created": pystac.utils.datetime_to_str(now), "geossl:datetime_source": "scene" if acquired else "processing",
+        "geossl:classes": json.loads(tags["CLASSES"]), "geossl:nodata_class": int(tags["NODATA_CLASS"]),
+        **{f"geossl:{k.lower()}": v for k, v in tags.items() if k in ("TILE_SIZE", "STRIDE", "BLEND", "TTA",
+                                                                      "RESAMPLING", "MIN_VALID")},
+    }
+    item = pystac.Item(id=f"{output_stem(scene)}_classes", geometry={"type": "Polygon", "coordinates": [ring]},
+                       bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=acquired or now,
+                       properties=props)
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = crs.to_epsg() if crs is not None else None
+    if epsg is not None:
+        proj.epsg = epsg
+    else:
+        proj.epsg, proj.wkt2 = None, crs.to_wkt() if crs is not None else None
+    proj.bbox = [bounds.left, bounds.bottom, bounds.right, bounds.top]
+    proj.shape, proj.transform = list(shape), list(transform)[:6]
+    for key in ("classes", "probs", "geojson", "preview"):
+        path = outputs.get(key)
+        if path is None:
+            continue
+        asset = pystac.Asset(href=f"./{path.name}", media_type=MEDIA[path.suffix], roles=ROLES[key], title=TITLES[key])
+        item.add_asset(key, asset)
+        if path.suffix == ".tif":
+            _raster_bands(asset, path, RasterExtension, RasterBand, DataType)
+    item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title="source scene"))
+    if model_path is not None:
+        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="land-cover model folder"))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def _raster_bands(asset: Any, path: Path, raster_ext: Any, band_cls: Any, data_type: Any) -> None:
+    """The raster extension's per-band description of a written GeoTIFF asset."""
+    with rasterio.open(path) as src:
+        dtype, nodata, res, tags = src.dtypes[0], src.nodata, abs(src.transform.a), src.tags()
+    scale = float(tags["PROBABILITY_SCALE"]) if "PROBABILITY_SCALE" in tags else None
+    bands = [band_cls.create(nodata=nodata if nodata is None or nodata == nodata else "nan",
+                             data_type=data_type(dtype), spatial_resolution=res, scale=scale)
+             for _ in range(src.count)]
+    raster_ext.ext(asset, add_if_missing=True).bands = bands
+
+
+def write_scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str],
+                     model_path: str | Path | None) -> Path:
+    """Write the Item to ``outputs["stac"]`` atomically; returns its path."""
+    path = outputs["stac"]
+    assert path is not None
+    atomic_write_json(path, scene_item(outputs, scene, tags, model_path))
+    return path
