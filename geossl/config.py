@@ -21,7 +21,7 @@ from geossl.config_checks import ConfigError, check_values
 
 @dataclass
 class DataConfig:
-    kind: str = "patches"  # "patches" (class folders / CSV) or "scenes" (GeoTIFF/COG, random tiles)
+    kind: str = "patches"  # "patches" (class folders / CSV), "scenes" (GeoTIFF/COG, random tiles) or "shards"
     paths: list[str] = field(default_factory=lambda: ["$GEOSSL_DATA/eurosat-rgb"])
     root: str | None = None  # data root for $GEOSSL_DATA in paths; None = geossl.settings.data_root()
     split: str | None = "train"  # patches: rows of splits.csv used for pretraining (labels never used)
@@ -33,6 +33,11 @@ class DataConfig:
     tile_size: int = 64  # scenes: size of random tiles; patches: must match the patch size
     tiles_per_epoch: int = 10_000  # scenes: random tiles drawn per epoch
     min_valid_fraction: float = 0.9  # scenes: tiles with fewer valid pixels are never served
+    # scenes: at most this many scene files open at once per process (an LRU pool; geossl/data/handles.py)
+    max_open_files: int = 64
+    # scenes: a GeoParquet of the scenes' headers, built on first use and reused while current, so start-up
+    # opens no scene (geossl/data/scene_index.py); may start with $GEOSSL_DATA. None = headers read each start.
+    scene_index: str | None = None
     stats: str | None = None  # band statistics JSON (geossl stats); None = computed from a sample
     value_range: list[float] | None = None  # raw values mapped to [0, 1] for photometric ops; None = 0-255 for uint8, else off
     gsd: float | None = None  # metres per pixel (recorded in the encoder; scenes: read from the files)

@@ -72,7 +72,7 @@ TEACHER_TEMP = Range(low=0, high=0.07, low_open=True, note="above 0.07 is unstab
 # Every numeric scalar key, by section: the rule it obeys. Lists and cross-field rules are checked below.
 RULES: dict[str, dict[str, Range]] = {
     "": {"seed": Range(low=0, high=2**32, high_open=True, integer=True)},  # numpy seeds are uint32
-    "data": {"limit": OPTIONAL_COUNT, "tile_size": COUNT, "tiles_per_epoch": COUNT,
+    "data": {"limit": OPTIONAL_COUNT, "tile_size": COUNT, "tiles_per_epoch": COUNT, "max_open_files": COUNT,
              "min_valid_fraction": PROBABILITY, "gsd": Range(low=0, low_open=True, optional=True),
              "batch_size": COUNT, "num_workers": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY},
     "model": {"patch_size": OPTIONAL_COUNT, "drop_path_rate": Range(low=0, high=1, high_open=True)},

@@ -196,6 +196,9 @@ class WindowReader:
     def dtype(self) -> np.dtype:
         return self.plan.dtype
 
+    def close(self) -> None:
+        self.ds.close()
+
     def read(self, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels and validity of a window; the parts outside the raster are fill values, invalid."""
         c0, r0 = max(col, 0), max(row, 0)

@@ -26,6 +26,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from geossl.data.handles import DEFAULT_MAX_OPEN, HandlePool
 from geossl.data.patches import compact_torch_dtype, to_compact_tensor
 from geossl.data.raster import WindowReader, fill_value, open_raster, plan_axis
 from geossl.data.uris import expand_inputs, to_gdal_uri
@@ -65,35 +66,30 @@ def scene_info(uri: str) -> SceneInfo:
 
 
 class SceneReader:
-    """Windowed reads of selected bands + a validity mask, with one file handle per process.
+    """Windowed reads of selected bands + a validity mask, through a bounded pool of open handles.
 
     Reading and the validity rule are :class:`geossl.data.raster.WindowReader`'s (the same as at
-    inference). DataLoader workers fork: an inherited GDAL handle shares the parent's file offset, so
-    each process opens its own (keyed by ``os.getpid()``). Pickling drops handles (spawn workers
-    reopen lazily).
+    inference). Handles live in a :class:`~geossl.data.handles.HandlePool` (per process, so forked
+    DataLoader workers open their own; pickling drops them): readers of one dataset share a pool, so
+    thousands of scenes never hold more than its ``max_open`` files. Without a pool, the reader has
+    its own (one handle).
     """
 
-    def __init__(self, info: SceneInfo, bands: list[int] | None = None) -> None:
+    def __init__(self, info: SceneInfo, bands: list[int] | None = None, pool: HandlePool | None = None) -> None:
         self.info = info
         self.indexes = list(bands) if bands is not None else list(range(1, info.count + 1))
         self.np_dtype = np.dtype(info.dtype)
         self.is_float = np.issubdtype(self.np_dtype, np.floating)
         self.fill = fill_value(info.nodata, self.np_dtype)
         self.remote = info.uri.startswith("/vsis3/")
-        self._handles: dict[int, WindowReader] = {}
+        self.pool = pool if pool is not None else HandlePool(1)
+        self._key = (info.uri, tuple(self.indexes))
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
+    def _open(self) -> WindowReader:
+        return WindowReader(open_raster(self.info.uri), self.indexes, self.info.uri, own_env=True)
 
     def _reader(self) -> WindowReader:
-        pid = os.getpid()
-        reader = self._handles.get(pid)
-        if reader is None:
-            src = open_raster(self.info.uri)
-            reader = self._handles[pid] = WindowReader(src, self.indexes, self.info.uri, own_env=True)
-        return reader
+        return self.pool.get(self._key, self._open)
 
     def handle(self) -> rasterio.DatasetReader:
         """This process's open dataset."""
@@ -135,7 +131,9 @@ class RandomTileDataset(torch.utils.data.Dataset):
     """``length`` random square tiles per epoch from one or more scenes (any CRS, band count must agree).
 
     Scenes are drawn in proportion to their area; tiles with fewer than ``min_valid_fraction`` valid
-    pixels are redrawn (bounded), never served. Items: ``{"image": (C,T,T) raw units, compact dtype,
+    pixels are redrawn (bounded), never served. At most ``max_open`` scenes are open at once per process
+    (an LRU pool); ``index`` names a GeoParquet scene index (:mod:`geossl.data.scene_index`) built on
+    first use and reused while current, so start-up opens no scene. Items: ``{"image": (C,T,T) raw units, compact dtype,
     "mask": (T,T) bool (True = valid), "bounds": float64 (left, bottom, right, top) in the scene CRS,
     "crs": str, "scene": int}``. Invalid pixels keep the nodata value (non-finite ones become it, or 0).
     """
@@ -148,6 +146,8 @@ class RandomTileDataset(torch.utils.data.Dataset):
         bands: list[int] | None = None,
         min_valid_fraction: float = 0.9,
         seed: int = 0,
+        max_open: int = DEFAULT_MAX_OPEN,
+        index: str | os.PathLike[str] | None = None,
     ) -> None:
         if tile_size < 1 or length < 1:
             raise ValueError(f"tile_size and length must be >= 1, got {tile_size} and {length}")
@@ -155,7 +155,10 @@ class RandomTileDataset(torch.utils.data.Dataset):
             raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.scenes = [scene_info(uri) for uri in expand_inputs(scenes)]
+        from geossl.data.scene_index import scene_infos
+
+        # headers from a current scene index (nothing opened), else read in parallel (and indexed)
+        self.scenes, self.index_status = scene_infos(expand_inputs(scenes), index)
         self.bands = _check_bands(bands, self.scenes[0])
         first = self.scenes[0]
         for info in self.scenes:
@@ -167,7 +170,8 @@ class RandomTileDataset(torch.utils.data.Dataset):
         self.tile_size, self.length = tile_size, length
         self.min_valid_fraction, self.seed = min_valid_fraction, seed
         self._np_dtype = np.result_type(*[np.dtype(s.dtype) for s in self.scenes])
-        self._readers = [SceneReader(info, self.bands) for info in self.scenes]
+        self.pool = HandlePool(max_open)  # all scenes share it: open files stay bounded whatever their count
+        self._readers = [SceneReader(info, self.bands, self.pool) for info in self.scenes]
         positions = np.array([(s.width - tile_size + 1) * (s.height - tile_size + 1) for s in self.scenes], float)
         self._cumulative = (np.cumsum(positions) / positions.sum()).tolist()
         self._crs_strings = [info.crs_string for info in self.scenes]  # to_string() costs ~40 us

@@ -56,6 +56,8 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
         bands=cfg.data.bands,
         min_valid_fraction=cfg.data.min_valid_fraction,
         seed=cfg.seed,
+        max_open=cfg.data.max_open_files,
+        index=resolve_data_path(cfg.data.scene_index, cfg.data.root) if cfg.data.scene_index else None,
     )
 
 
