@@ -7,6 +7,11 @@ classification process holds nothing but torch, a few map rows and two batches. 
 
     .venv/bin/python bench/classify_memory.py            # 20,000^2 px, stride 128 (a few minutes on 2 cores)
     .venv/bin/python bench/classify_memory.py --quick    # 2,048^2 px, for tests (seconds)
+    .venv/bin/python bench/classify_memory.py --quick --dense  # also window vs dense maps at stride = tile
+
+``--dense`` gives the model a (random) dense head and adds two more measured children on the same scene,
+in the same run: a window map and a dense map (``classify --dense``, one cell per patch), both with
+stride = tile so they read and encode exactly the same windows; the JSON gets a ``dense`` section.
 
 The LAST stdout line is one JSON object with the figures.
 """
@@ -68,12 +73,59 @@ def child(args: argparse.Namespace) -> None:
     reset = reset_peak()
     before = _status_mb("VmRSS")
     result = classify_scene(model, args.scene, args.out, tile_size=args.tile, stride=args.stride,
-                            batch_size=args.batch_size, preview=not args.no_preview, overwrite=True, progress=False)
+                            batch_size=args.batch_size, preview=not args.no_preview, overwrite=True, progress=False,
+                            **({"dense": True} if args.dense_child else {}))
     hwm = _status_mb("VmHWM")
     growth = hwm - before if reset and hwm is not None and before is not None else None
     print(json.dumps({"windows": result.windows, "seconds": result.seconds, "map_size": list(result.map_size),
                       "baseline_rss_mb": baseline, "peak_rss_mb": max(rss_mb(), baseline),
                       "classify_growth_mb": growth, "summary": result.summary()}))
+
+
+def run_child(args: argparse.Namespace, scene: Path, model: Path, out: Path, stride: int,
+              dense: bool = False) -> dict:
+    """One measured classification in a fresh process; its last stdout line (JSON)."""
+    cmd = [sys.executable, __file__, "--child", str(scene), str(model), str(out), "--tile",
+           str(args.tile), "--stride", str(stride), "--batch-size", str(args.batch_size),
+           "--threads", str(args.threads)] + (["--no-preview"] if args.no_preview else [])
+    proc = subprocess.run(cmd + (["--dense-child"] if dense else []), capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"classification failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def add_dense_head(model: Path) -> None:
+    """Re-save the tiny model with a random dense head (what `geossl probe --dense` would add)."""
+    import torch
+
+    from geossl.models.landcover import LinearHead, load_landcover_model, save_landcover_model
+
+    m = load_landcover_model(model)
+    dense = LinearHead(m.meta.embed_dim, len(m.classes))
+    torch.manual_seed(2)
+    torch.nn.init.normal_(dense.linear.weight, std=0.3)
+    save_landcover_model(model, m.head, m.classes, m.feature_recipe, model, {"synthetic": True}, dense, {})
+
+
+def dense_comparison(args: argparse.Namespace, scene: Path, model: Path, work: Path) -> dict:
+    """Window map vs dense map, both at stride = tile (the same windows read and encoded)."""
+    out: dict = {"stride": args.tile}
+    for name, dense in (("window", False), ("dense", True)):
+        res = run_child(args, scene, model, work / f"out-{name}", args.tile, dense)
+        print(res["summary"], flush=True)
+        cells = res["map_size"][0] * res["map_size"][1]
+        out[name] = {"windows": res["windows"], "map_size": res["map_size"], "seconds": round(res["seconds"], 2),
+                     "cells_per_s": round(cells / max(res["seconds"], 1e-9), 1),
+                     "peak_rss_mb": round(res["peak_rss_mb"], 1),
+                     "classify_growth_mb": None if res["classify_growth_mb"] is None
+                     else round(res["classify_growth_mb"], 1)}
+    out["time_ratio"] = round(out["dense"]["seconds"] / max(out["window"]["seconds"], 1e-9), 2)
+    out["ok"] = out["dense"]["peak_rss_mb"] < GOAL_PEAK_MB
+    print(f"stride {args.tile}: window map {out['window']['seconds']} s, peak {out['window']['peak_rss_mb']} MB; "
+          f"dense map {out['dense']['seconds']} s, peak {out['dense']['peak_rss_mb']} MB "
+          f"({out['time_ratio']}x the time)", flush=True)
+    return out
 
 
 def main() -> None:
@@ -87,7 +139,10 @@ def main() -> None:
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNG (a decimated full read)")
     parser.add_argument("--workdir", default=None, help="where to build the scene (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scene and outputs")
+    parser.add_argument("--dense", action="store_true",
+                        help="also time window vs dense (per-patch) maps at stride = tile, same scene, same run")
     parser.add_argument("--child", nargs=3, metavar=("SCENE", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--dense-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.scene, args.model, args.out = args.child
@@ -105,14 +160,9 @@ def main() -> None:
         model = make_tiny_model(work / "model", img_size=args.tile)
         print(f"scene {size}x{size}x3 uint8 ({scene.stat().st_size / 2**20:.0f} MiB on disk) made in "
               f"{make_seconds:.1f} s", flush=True)
-        cmd = [sys.executable, __file__, "--child", str(scene), str(model), str(work / "out"), "--tile",
-               str(args.tile), "--stride", str(args.stride), "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads)] + (["--no-preview"] if args.no_preview else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"classification failed (exit {proc.returncode})")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.dense:
+            add_dense_head(model)
+        res = run_child(args, scene, model, work / "out", args.stride)
         print(res["summary"], flush=True)
         payload = {
             "bench": "classify_memory", "scene_px": [size, size], "bands": 3, "dtype": "uint8",
@@ -127,6 +177,8 @@ def main() -> None:
         print(f"peak RSS {payload['peak_rss_mb']} MB (imports + model load: {payload['baseline_rss_mb']} MB; "
               f"classification added at most {payload['classify_growth_mb']} MB; goal < {GOAL_PEAK_MB:.0f} MB); "
               f"{payload['windows_per_s']} windows/s", flush=True)
+        if args.dense:
+            payload["dense"] = dense_comparison(args, scene, model, work)
         print(json.dumps(payload, separators=(",", ":")), flush=True)
     finally:
         if not args.keep and not args.workdir:

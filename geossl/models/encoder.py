@@ -119,6 +119,20 @@ class Encoder(nn.Module):
         )
         return [(patches, prefix[:, 0]) for patches, prefix in outs]
 
+    def patch_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's normalised patch tokens on their grid: (B, H // p, W // p, D), p = ``meta.patch_size``.
+
+        ``meta.patch_size`` counts input pixels per token (a conv-stem hybrid's stem stride included), so
+        token (i, j) describes pixels ``[i p, (i + 1) p) x [j p, (j + 1) p)``: what dense maps rely on; a
+        backbone whose token count disagrees with that grid is an error, not a silently shifted map."""
+        p = self.meta.patch_size
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        ((patches, _),) = self.tokens(x, 1)
+        if patches.shape[1] != h * w:
+            raise ValueError(f"{self.meta.timm_name}: {patches.shape[1]} patch tokens for a {h}x{w} grid of "
+                             f"{p} px patches (geossl.json patch_size is wrong for this backbone)")
+        return patches.reshape(patches.shape[0], h, w, patches.shape[-1])
+
     def features(self, x: torch.Tensor, recipe: str | None = None) -> torch.Tensor:
         """Frozen features for probes: ``cls``, ``cls_last4`` (DINO ViT-S protocol), ``cls_avgpool`` (DINO ViT-B)
         or ``last4_avgpool_cls`` (both for the last 4 blocks: small ViTs on small tiles keep much of what

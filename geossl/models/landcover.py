@@ -22,6 +22,7 @@ HEAD_FORMAT = "geossl-landcover-head"
 HEAD_VERSION = 1
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_META = "head.json"
+DENSE_WEIGHTS = "dense_head.safetensors"  # optional: the per-patch head of ``geossl probe --dense``
 
 
 class LinearHead(nn.Module):
@@ -57,12 +58,15 @@ class LinearHead(nn.Module):
 class LandCoverModel(nn.Module):
     """Raw pixel values (B, C, H, W) -> land-cover logits (B, K), with the encoder frozen in eval mode."""
 
-    def __init__(self, encoder: Encoder, head: nn.Module, classes: list[str], feature_recipe: str) -> None:
+    def __init__(self, encoder: Encoder, head: nn.Module, classes: list[str], feature_recipe: str,
+                 dense_head: LinearHead | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.classes = list(classes)
         self.feature_recipe = feature_recipe
+        self.dense_head = dense_head  # per-patch head on the last block's patch tokens, when probed with --dense
+        self.source: Path | None = None  # the model folder it was loaded from (for messages)
 
     @property
     def meta(self) -> EncoderMeta:
@@ -73,6 +77,14 @@ class LandCoverModel(nn.Module):
 
     def predict_proba(self, x_raw: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.forward(x_raw), dim=-1)
+
+    def predict_patch_proba(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """Per-patch class probabilities (B, K, H // p, W // p) from the dense head on the patch tokens."""
+        if self.dense_head is None:
+            raise ValueError("this land-cover model has no dense head: rerun `geossl probe --dense`")
+        tokens = self.encoder.patch_grid(x_raw)  # (B, h, w, D)
+        return torch.softmax(self.dense_head(tokens.flatten(0, 2)), dim=-1).reshape(
+            *tokens.shape[:3], -1).permute(0, 3, 1, 2)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -89,10 +101,15 @@ def save_landcover_model(
     feature_recipe: str,
     out_dir: Path,
     probe_info: dict[str, Any],
+    dense_head: nn.Module | None = None,
+    dense_info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a model folder: encoder files copied in, then ``head.safetensors``, ``head.json`` last.
+    """Write a model folder: encoder files copied in, then ``head.safetensors`` (and ``dense_head.safetensors``
+    with a dense head), ``head.json`` last.
 
-    ``head.json`` is written last (atomically) so a folder with a head.json is always complete.
+    ``head.json`` is written last (atomically) so a folder with a head.json is always complete; it names
+    the dense head under ``"dense"`` (readers without dense support ignore the key). A stale dense head of
+    an earlier probe into the same folder is removed, so the folder never mixes two probes.
     """
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     if str(encoder_dir).startswith("random:"):
@@ -111,20 +128,37 @@ def save_landcover_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, META_FILE):
         _copy_atomic(encoder_dir / name, out_dir / name)
+    dense_state = _dense_state(dense_head, len(classes))
     with atomic_path(out_dir / HEAD_WEIGHTS, suffix=".safetensors") as tmp:
         safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
-    atomic_write_json(
-        out_dir / HEAD_META,
-        {
-            "format": HEAD_FORMAT,
-            "version": HEAD_VERSION,
-            "classes": list(classes),
-            "feature_recipe": feature_recipe,
-            "in_features": int(weight.shape[1]),
-            "probe": probe_info,
-        },
-    )
+    if dense_state is not None:
+        with atomic_path(out_dir / DENSE_WEIGHTS, suffix=".safetensors") as tmp:
+            safetensors.torch.save_file(dense_state, str(tmp), metadata={"format": "pt"})
+    info: dict[str, Any] = {
+        "format": HEAD_FORMAT,
+        "version": HEAD_VERSION,
+        "classes": list(classes),
+        "feature_recipe": feature_recipe,
+        "in_features": int(weight.shape[1]),
+        "probe": probe_info,
+    }
+    if dense_state is not None:
+        info["dense"] = {"weights": DENSE_WEIGHTS, "in_features": int(dense_state["linear.weight"].shape[1]),
+                         "tokens": "last block patch tokens after the final norm", "probe": dense_info or {}}
+    atomic_write_json(out_dir / HEAD_META, info)
+    if dense_state is None:
+        (out_dir / DENSE_WEIGHTS).unlink(missing_ok=True)
     return out_dir
+
+
+def _dense_state(dense_head: nn.Module | None, n_classes: int) -> dict[str, torch.Tensor] | None:
+    if dense_head is None:
+        return None
+    state = {k: v.detach().cpu().contiguous() for k, v in dense_head.state_dict().items()}
+    weight = state.get("linear.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[0] != n_classes:
+        raise ValueError(f"dense head: expected a LinearHead with {n_classes} outputs")
+    return state
 
 
 def load_landcover_model(path: Path, device: str | torch.device = "cpu") -> LandCoverModel:
@@ -167,6 +201,33 @@ def load_landcover_model(path: Path, device: str | torch.device = "cpu") -> Land
             f"{head_weights}: tensor shapes {got} do not match {len(classes)} classes x {expected} features {shapes}"
         )
     head.load_state_dict(state, strict=True)
-    model = LandCoverModel(encoder, head, classes, recipe).to(device)
+    dense = _load_dense_head(path, info, encoder.meta.embed_dim, len(classes))
+    model = LandCoverModel(encoder, head, classes, recipe, dense).to(device)
+    model.source = path
     model.eval()
     return model
+
+
+def _load_dense_head(path: Path, info: dict[str, Any], embed_dim: int, n_classes: int) -> LinearHead | None:
+    """The dense head named by head.json's ``"dense"`` entry; None for folders probed without --dense."""
+    entry = info.get("dense")
+    if entry is None:
+        return None
+    head_json, weights = path / HEAD_META, path / DENSE_WEIGHTS
+    if not isinstance(entry, dict):
+        raise ValueError(f"{head_json}: 'dense' must be an object, got {type(entry).__name__}")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{head_json}: names a dense head but {weights} is missing")
+    if int(entry.get("in_features", -1)) != embed_dim:
+        raise ValueError(f"{head_json}: dense head takes {entry.get('in_features')} features, the encoder's "
+                         f"patch tokens have {embed_dim}")
+    try:
+        state = safetensors.torch.load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{weights}: unreadable safetensors file ({exc})") from None
+    head = LinearHead(embed_dim, n_classes)
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != {k: tuple(v.shape) for k, v in head.state_dict().items()}:
+        raise ValueError(f"{weights}: tensor shapes {got} do not match {n_classes} classes x {embed_dim} features")
+    head.load_state_dict(state, strict=True)
+    return head

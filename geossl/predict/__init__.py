@@ -56,7 +56,8 @@ def classify_scene(model: LandCoverModel | PathLike, scene: str, out_dir: PathLi
 
     Options: tile_size, stride, bands (1-based), resample (None = auto), batch_size, min_valid, probs,
     geojson, preview, overwrite, check_stats, progress, blend (mean|hann), tta, probs_dtype (float32|uint8),
-    rescale (None|percentile), stac, model_path (see :func:`geossl.predict.scene.classify_scene`).
+    rescale (None|percentile), stac, model_path, dense (one cell per ViT patch from the model's dense head,
+    see :mod:`geossl.predict.dense`) (see :func:`geossl.predict.scene.classify_scene`).
     """
     if not isinstance(model, LandCoverModel):
         options.setdefault("model_path", model)  # linked from the STAC Item

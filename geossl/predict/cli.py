@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average each window over its 8 flips/rotations (8x the inference)")
     parser.add_argument("--rescale", choices=("none", "percentile"), default="none",
                         help="percentile: map each band's 2nd/98th percentiles onto the model's (scenes in other units)")
+    parser.add_argument("--dense", action="store_true",
+                        help="scenes: one map pixel per ViT patch (patch size x pixel size, e.g. 80 m for patch 8 "
+                             "at 10 m) from the dense head of `geossl probe --dense`; --stride a multiple of the "
+                             "patch size <= the tile (default: the tile); no tiles GeoJSON")
     parser.add_argument("--no-stac", action="store_true", help="skip the <scene>_classes.stac.json STAC Item")
     parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -55,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def scenes_only_options(args: argparse.Namespace) -> str:
     """The scene-only options given (tiles are classified one prediction per file)."""
-    given = [("--blend hann", args.blend != "mean"), ("--tta", args.tta), ("--rescale", args.rescale != "none")]
+    given = [("--blend hann", args.blend != "mean"), ("--tta", args.tta), ("--rescale", args.rescale != "none"),
+             ("--dense", getattr(args, "dense", False))]
     return ", ".join(name for name, on in given if on)
 
 
@@ -75,11 +80,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{scenes_only_options(args)} apply to scene maps, not --mode tiles")
     if args.rescale == "percentile":
         check_rescale(args.rescale, model.meta)  # a model without p2/p98: fail before any output
+    if args.dense:
+        from geossl.predict.dense import check_dense
+
+        tile_px = args.tile_size or model.meta.img_size
+        check_dense(model, tile_px, args.stride or tile_px, args.tta, args.model)
     out_dir = ensure_out_dir(args.out)
     bands = parse_bands(args.bands)
     uris = image_inputs(args.input)
     tile = args.tile_size or model.meta.img_size
     scenes, tiles = split_inputs(uris, args.mode, tile, args.tile_size is not None or args.stride is not None)
+    if args.dense and tiles:
+        raise ValueError(f"--dense maps scenes, but {tiles[0]} ({len(tiles)} input(s)) is classified as a tile "
+                         "(no larger than one window): pass --mode scene or leave out --dense")
 
     stems = [output_stem(s) for s in scenes]
     clash = sorted({s for s in stems if stems.count(s) > 1})
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                          "classify them into separate --out folders")
     planned = [out_dir / CSV_NAME, out_dir / GEOJSON_NAME] if tiles else []
     for scene in scenes:
-        planned += [p for p in scene_outputs(out_dir, scene, args.probs, True, not args.no_preview,
+        planned += [p for p in scene_outputs(out_dir, scene, args.probs, not args.dense, not args.no_preview,
                                              not args.no_stac).values() if p]
     check_outputs(planned, args.overwrite)
 
@@ -105,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
             preview=not args.no_preview, overwrite=args.overwrite, check_stats=not args.no_check_stats,
             progress=progress, blend=args.blend, tta=args.tta, probs_dtype=args.probs_dtype,
-            rescale=args.rescale, stac=not args.no_stac, model_path=args.model,
+            rescale=args.rescale, stac=not args.no_stac, model_path=args.model, dense=args.dense,
         )
         n_windows += res.windows
         print(res.summary(), flush=True)

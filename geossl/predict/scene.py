@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from geossl.predict.common import (
     run_batches,
     top_k,
 )
+from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.geojson import footprint_lonlat, geojson_writer
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries, write_preview
 from geossl.predict.reader import SceneReader
@@ -119,6 +121,7 @@ def classify_scene(
     rescale: str | None = None,
     stac: bool = True,
     model_path: str | Path | None = None,
+    dense: bool = False,
 ) -> SceneResult:
     """Classify ``scene`` with ``model`` into ``<out_dir>/<scene>_classes.tif`` (COG) and companions.
 
@@ -127,10 +130,14 @@ def classify_scene(
     The steps: check the options, open the scene, plan the windows, stream the map, draw the preview,
     describe the outputs in a STAC Item. ``blend`` (mean|hann), ``tta``, ``probs_dtype`` (float32|uint8),
     ``rescale`` (None|percentile): see the module docstring; ``model_path`` is linked from the STAC Item.
+    ``dense``: one map cell per patch from the model's dense head (:mod:`geossl.predict.dense`; no tiles GeoJSON).
     """
     meta, classes = model.meta, list(model.classes)
     tile, stride = _window_sizes(model, tile_size, stride, min_valid)
     _check_options(blend, probs_dtype)
+    if dense:
+        check_dense(model, tile, stride, tta, model_path)
+        geojson = False  # the tiles GeoJSON describes windows; a dense map has none
     outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start_time = time.perf_counter()
@@ -139,16 +146,19 @@ def classify_scene(
         _check_scene_size(reader, scene, tile, stride)
         if check_stats:
             reader.check_statistics()
-        grid = _WindowGrid(axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride), tile,
-                           stride, blend)
-        map_t = reader.transform @ Affine.scale(stride)
+        plan, cell = (partial(dense_axis_plan, cell=meta.patch_size), meta.patch_size) if dense else (axis_plan, stride)
+        grid = _WindowGrid(plan(reader.height, tile, stride), plan(reader.width, tile, stride), tile,
+                           cell, blend)
+        map_t = reader.transform @ Affine.scale(cell)
         note = reader.resample_note + (f"; {reader.rescaler.note()}" if reader.rescaler else "")
         tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride, "min_valid": min_valid,
-                                    "resampling": note, "blend": blend, "tta": tta})
+                                    "resampling": note, "blend": blend, "tta": tta,
+                                    **({"dense": f"one cell per {cell} px patch"} if dense else {})})
         predict = tta_predict(model.predict_proba) if tta else model.predict_proba
+        run = classify_windows_dense if dense else _classify_windows
         with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid, probs_dtype) as sink:
-            classified = _classify_windows(model, predict, reader, grid, sink, batch_size, min_valid,
-                                           desc=output_stem(scene) if progress else None)
+            classified = run(model, model.predict_patch_proba if dense else predict, reader, grid, sink, batch_size,
+                             min_valid, desc=output_stem(scene) if progress else None)
         rgb = _rgb_choice(meta.bands, reader.bands)
         read_bands, stretch = list(reader.bands), scene_low_high(reader.rescaler, rgb)
     if outputs["preview"] is not None:
@@ -212,7 +222,7 @@ class _WindowGrid:
     rows: AxisPlan
     cols: AxisPlan
     tile: int
-    stride: int = 0  # 0: the tile size
+    stride: int = 0  # the map cell in px: the stride (0: the tile size), or the patch size of dense maps
     blend: str = "mean"
 
     def weights(self, cells: np.ndarray, start: int) -> np.ndarray:

@@ -110,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                         help="data-loading worker processes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--dense", action="store_true",
+                        help="also fit a per-patch head on the last block's patch tokens (each token takes its "
+                             "patch's label), for `geossl classify --dense` maps at patch resolution")
+    parser.add_argument("--dense-tokens", type=int, default=16, metavar="N",
+                        help="--dense: tokens drawn (seeded) per train/val patch to fit on (default 16; 0 = all); "
+                             "every test token is scored")
     parser.add_argument("--no-random-baseline", action="store_true",
                         help="skip the random-init baseline (the band-statistics baseline always runs)")
     parser.add_argument("--overwrite", action="store_true",
@@ -143,6 +149,8 @@ def label_options(args: argparse.Namespace) -> LabelOptions | None:
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.dense_tokens < 0:
+        raise ValueError(f"--dense-tokens must be >= 0 (0 = all tokens), got {args.dense_tokens}")
     # an earlier probe may be what a report or a map was made from; a folder holding only a feature cache
     # (an interrupted run) is reused. Checked before any feature is computed.
     check_outputs([args.out / name for name in PROBE_OUTPUTS], args.overwrite)
@@ -168,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         random_baseline=not args.no_random_baseline,
+        dense=args.dense,
+        dense_tokens=args.dense_tokens or None,
     )
     metrics = run_probe(opts)
     print(summary_line(metrics))

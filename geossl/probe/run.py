@@ -2,7 +2,8 @@
 
 Everything the command writes lands in ``out``: ``metrics.json``, ``confusion.csv``/``.png`` (test split,
 linear head), ``splits.csv`` (the split used, for exact reruns), ``model/`` (a land-cover model for
-``geossl classify``) and, with label budgets, ``label_efficiency.json``/``.png``.
+``geossl classify``) and, with label budgets, ``label_efficiency.json``/``.png``. With ``--dense`` the model
+also holds a per-patch head (:mod:`geossl.probe.dense`) and metrics.json a ``dense`` section.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ProbeOptions:
     device: str = "cpu"
     random_baseline: bool = True  # also probe the same architecture at random init (band statistics always)
     labels: LabelOptions | None = None  # labels as geodata over scenes: chips are cut into out/ (``data`` unused)
+    dense: bool = False  # also fit a per-patch head on the patch tokens (geossl classify --dense)
+    dense_tokens: int | None = 16  # tokens per train/val patch for that fit (None = all): bounds memory
 
 
 def resolve_device(name: str) -> str:
@@ -237,7 +240,9 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     wd = res["linear"]["chosen"]["weight_decay"]
     summary = {"linear_top1": res["linear_top1"], "knn_top1": res["knn_top1"], "macro_f1": report["macro_f1"],
                "weight_decay": wd, "encoder": opts.encoder, "encoder_kind": kind, "data": table.source}
-    model_dir = save_landcover_model(enc_dir, res["head"], table.classes, recipe, out / "model", summary)
+    dense_head, dense = _dense(encoder, table, cache_dir, opts)
+    model_dir = save_landcover_model(enc_dir, res["head"], table.classes, recipe, out / "model", summary,
+                                     dense_head, dense and {k: v for k, v in dense.items() if k != "linear"})
 
     t_base = time.perf_counter()
     base_feats = baseline_features(kind, enc_dir, table, recipe, opts, cache_dir)
@@ -283,10 +288,13 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
         "wall_seconds": {"features": round(main.cache["seconds"], 3), "linear": round(res["linear_seconds"], 3),
                          "knn": round(res["knn_seconds"], 3), "baselines": round(t_base, 3),
                          "label_efficiency": round(time.perf_counter() - t_eff, 3) if efficiency else 0.0,
+                         "dense": dense["seconds"] if dense else 0.0,
                          "total": round(time.perf_counter() - t_start, 3)},
     }
     if labels_report is not None:
         metrics["labels"] = labels_report
+    if dense is not None:
+        metrics["dense"] = dense
     if efficiency is not None:
         metrics["label_efficiency"] = {
             name: dict(zip(map(str, efficiency["budgets"]), c["linear"]["mean"], strict=True))
@@ -294,6 +302,18 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
         }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _dense(encoder: Encoder, table: SplitTable, cache_dir: Path,
+           opts: ProbeOptions) -> tuple[Any, dict[str, Any] | None]:
+    """The per-patch head and its metrics with ``--dense``, else (None, None): opt-in, it costs an encoder pass."""
+    if not opts.dense:
+        return None, None
+    from geossl.probe.dense import fit_dense_head
+
+    return fit_dense_head(encoder, table, cache_dir, tokens_per_patch=opts.dense_tokens, seed=opts.seed,
+                          weight_decays=opts.weight_decays, max_iter=opts.max_iter, batch_size=opts.batch_size,
+                          workers=opts.workers, device=opts.device)
 
 
 def baselines_text(metrics: dict[str, Any]) -> str:
@@ -309,8 +329,12 @@ def summary_line(metrics: dict[str, Any]) -> str:
     n = metrics["counts"]["test"]["total"]
     labels = metrics.get("labels")
     what = "patches" if labels is None else f"chips, {labels['split']['mode']} split"
+    dense = metrics.get("dense")
+    dense_text = (f"; dense head: token top-1 {dense['test_top1']:.1%} (wd {dense['weight_decay']:g}, "
+                  f"{dense['test_tokens']} test tokens)" if dense else "")
     return (
         f"probe ({metrics['encoder_kind']}, {metrics['feature_recipe']}): linear top-1 {metrics['linear_top1']:.1%} "
         f"(wd {metrics['linear']['chosen']['weight_decay']:g}), k-NN top-1 {metrics['knn_top1']:.1%} on {n} test "
-        f"{what}; {baselines_text(metrics)}; {metrics['wall_seconds']['total']:.0f} s; model -> {metrics['model_dir']}"
+        f"{what}; {baselines_text(metrics)}{dense_text}; {metrics['wall_seconds']['total']:.0f} s; "
+        f"model -> {metrics['model_dir']}"
     )
