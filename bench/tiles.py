@@ -6,6 +6,8 @@ object with the figures and speed-ups. Goal: >= 10x torchgeo per core.
 
     .venv/bin/python bench/tiles.py            # full counts (~20 s)
     .venv/bin/python bench/tiles.py --quick    # tiny counts, for tests (a few seconds)
+    .venv/bin/python bench/tiles.py --many 1500   # an archive of 1,500 scene files: per-scene handles vs
+                                                  # the LRU pool vs shards (local and S3), start-up with an index
 """
 
 from __future__ import annotations
@@ -76,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-torchgeo", type=int, default=300, help="tiles timed per scene and size, torchgeo")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a few seconds), for tests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--many", type=int, default=0, metavar="N",
+                        help="many-scenes mode: N scene files (bench/archive_tiles.py)")
+    parser.add_argument("--many-tiles", type=int, default=3000, help="many-scenes mode: tiles timed after the first")
+    parser.add_argument("--many-chips", type=int, default=5000, help="many-scenes mode: shard chips cut and read")
     args = parser.parse_args(argv)
+    if args.many:
+        return many_scenes(args)
     if args.quick:
         args.n, args.n_torchgeo = 100, 10
     warnings.filterwarnings("ignore")
@@ -120,6 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"speed-up over torchgeo per core: min {summary['min_speedup']}x, geometric mean "
           f"{summary['geomean_speedup']}x (goal >= {GOAL_SPEEDUP:.0f}x)")
+    print(json.dumps(summary))
+    return 0
+
+
+def many_scenes(args: argparse.Namespace) -> int:
+    from bench.archive_tiles import print_table, run_many
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    cpu = pin_to_one_core()
+    scenes_dir = Path(args.scenes[0]) if Path(args.scenes[0]).is_dir() else data_root() / "scenes"
+    summary = run_many(scenes_dir, args.many, args.many_tiles, args.many_chips)
+    summary.update({"bench": "tiles-many-scenes", "per_core": {"num_workers": 0, "pinned_cpu": cpu},
+                    "host": platform.node()})
+    print_table(summary)
     print(json.dumps(summary))
     return 0
 

@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("geossl.demo", "the whole flow on the default data: pretrain -> probe -> classify, with a summary"),
     "data": ("geossl.data.fetch_cli", "fetch the default datasets (verified, resumable) or list what is where"),
+    "chips": ("geossl.data.chips_cli", "cut valid chips from any number of scenes into shards for pretraining"),
     "stats": ("geossl.data.stats_cli", "per-band mean/std/percentiles of scenes or patches -> stats.json"),
     "pretrain": ("geossl.dino.cli", "DINO self-supervised pretraining of a ViT (Lightning; resumable)"),
     "probe": ("geossl.probe.cli", "linear and k-NN land-cover heads on frozen features -> metrics, model"),

@@ -311,8 +311,8 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
 
 def validate(cfg: Config) -> None:
     """Checks the types cannot express: choices here, numbers and ranges in :mod:`geossl.config_checks`."""
-    if cfg.data.kind not in ("patches", "scenes"):
-        raise ConfigError(f"key 'data.kind': expected 'patches' or 'scenes', got {cfg.data.kind!r}")
+    if cfg.data.kind not in ("patches", "scenes", "shards"):
+        raise ConfigError(f"key 'data.kind': expected 'patches', 'scenes' or 'shards', got {cfg.data.kind!r}")
     if cfg.trainer.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
         raise ConfigError(f"key 'trainer.accelerator': unknown accelerator {cfg.trainer.accelerator!r}")
     recipes = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # models.encoder.FEATURE_RECIPES

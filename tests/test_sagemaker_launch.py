@@ -256,7 +256,7 @@ def test_a_bad_training_override_fails_before_anything_is_sent(aws_env, monkeypa
 
 @pytest.mark.parametrize(("setup", "message"), [
     ("empty", r"no objects under this prefix"),
-    ("no-images", r"no images \(.tif.*among the first 2 objects"),
+    ("no-images", r"no images \(.tif.*or chips .*among the first 2 objects"),
     ("no-bucket", r"bucket 'missing-bucket' does not exist"),
 ])
 def test_data_prefix_without_images_is_refused_before_launch(s3, setup, message, monkeypatch):

@@ -36,6 +36,7 @@ ENTRY_SCRIPT = "sagemaker/train.py"
 REQUIREMENTS = "sagemaker/requirements.txt"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker's default; told to the container explicitly
 IMAGE_EXTS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".vrt")
+SHARDS_MARKER = "geossl_chips.json"  # a prefix of chips cut by geossl chips (data.kind: shards)
 MAX_LIST_PAGES = 10  # the pre-launch data check looks at most at 10,000 keys
 
 _NUM = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -172,7 +173,8 @@ def hyperparameters(cfg: JobConfig, config_rel: str) -> dict[str, Any]:
 
 
 def check_input_prefix(s3_client: Any, uri: str) -> int:
-    """Fail before launching when the data prefix is missing, empty or holds no images; returns images seen."""
+    """Fail before launching when the data prefix is missing, empty or holds neither images nor chips (shards
+    of ``geossl chips``); returns the images (or chip descriptions) seen."""
     from botocore.exceptions import ClientError
 
     bucket, prefix = parse_s3_uri(uri, "input.s3_uri")
@@ -184,7 +186,7 @@ def check_input_prefix(s3_client: Any, uri: str) -> int:
         for page_no, page in enumerate(pages):
             for obj in page.get("Contents", []):
                 seen += 1
-                images += obj["Key"].lower().endswith(IMAGE_EXTS)
+                images += obj["Key"].lower().endswith(IMAGE_EXTS) or obj["Key"].endswith(SHARDS_MARKER)
             if images or page_no + 1 >= MAX_LIST_PAGES:
                 break
     except ClientError as exc:
@@ -196,8 +198,8 @@ def check_input_prefix(s3_client: Any, uri: str) -> int:
         raise ConfigError(f"input.s3_uri {uri}: no objects under this prefix (upload the patches or scenes first)")
     if images == 0:
         raise ConfigError(
-            f"input.s3_uri {uri}: no images ({', '.join(IMAGE_EXTS)}) among the first {seen} objects "
-            "under this prefix"
+            f"input.s3_uri {uri}: no images ({', '.join(IMAGE_EXTS)}) or chips ({SHARDS_MARKER}, from geossl "
+            f"chips) among the first {seen} objects under this prefix"
         )
     return images
 

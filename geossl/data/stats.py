@@ -160,8 +160,16 @@ def compute_stats(
             bands=bands, min_valid_fraction=0.0, seed=seed,
         )  # fmt: skip
         sources = [s.uri for s in dataset.scenes]
+    elif kind == "shards":
+        from geossl.data.shards import ShardDataset, ShardSample
+
+        if isinstance(source, list) and len(source) != 1:
+            raise ValueError(f"shards: expected one chips folder or s3:// prefix, got {len(source)}: {source}")
+        shards = ShardDataset(str(source[0] if isinstance(source, list) else source))
+        dataset = ShardSample(shards, n_tiles)
+        sources, bands = [shards.input_dir], bands or shards.meta.get("bands")
     else:
-        raise ValueError(f"kind must be 'auto', 'scenes' or 'patches', got {kind!r}")
+        raise ValueError(f"kind must be 'auto', 'scenes', 'patches' or 'shards', got {kind!r}")
 
     n_items = len(dataset)
     acc = _Accumulator(dataset.band_count, max(1, max_values // n_items), seed)

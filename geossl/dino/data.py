@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -46,6 +46,17 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
                 size = f"{width}" if height == width else f"{width}x{height}"
                 raise ValueError(f"{path}: patches are {size} px but data.tile_size is {cfg.data.tile_size}")
         return SkippingDataset(parts[0] if len(parts) == 1 else ConcatDataset(parts), cfg.data.tile_size)
+    if cfg.data.kind == "shards":  # chips cut by geossl chips: a local folder or an s3:// prefix
+        from geossl.data.shards import ShardDataset
+
+        if len(paths) != 1 or cfg.data.bands is not None:
+            raise ValueError("data.kind shards: give one chips folder or s3:// prefix in data.paths, and no "
+                             "data.bands (the chips hold the bands they were cut with)")
+        dataset = ShardDataset(paths[0])
+        if dataset.meta["tile_size"] != cfg.data.tile_size:
+            raise ValueError(f"{paths[0]}: chips are {dataset.meta['tile_size']} px but data.tile_size is "
+                             f"{cfg.data.tile_size}")
+        return dataset
     from geossl.data.scenes import RandomTileDataset
     from geossl.data.uris import expand_inputs
 
@@ -117,10 +128,12 @@ class ResumableSampler(Sampler[int]):
     instead replay exactly the samples not yet seen, so that an interrupted run equals an uninterrupted one.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 order: Callable[[int, int], list[int]] | None = None) -> None:
         if n < world_size:
             raise ValueError(f"{n} training samples cannot be shared by {world_size} processes")
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.order = order  # (seed, epoch) -> a permutation of range(n) (shards: chunk-local, see shards.py)
         # Shared memory: persistent DataLoader workers read the current epoch from here.
         self.shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._start_epoch = -1
@@ -139,6 +152,8 @@ class ResumableSampler(Sampler[int]):
         self._start_epoch, self._start_index = epoch, index
 
     def epoch_indices(self, epoch: int) -> list[int]:
+        if self.order is not None:  # contiguous slices: each rank reads mostly its own chunks
+            return self.order(self.seed, epoch)[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
@@ -205,7 +220,8 @@ class PretrainDataModule(L.LightningDataModule):
         assert trainer is not None
         cfg = self.cfg
         n = len(self.dataset)  # type: ignore[arg-type]
-        self.sampler = ResumableSampler(n, cfg.seed, trainer.global_rank, trainer.world_size)
+        self.sampler = ResumableSampler(n, cfg.seed, trainer.global_rank, trainer.world_size,
+                                        order=getattr(self.dataset, "epoch_order", None))
         per_epoch = steps_per_epoch(n, cfg.data.batch_size, trainer.world_size)
         done = trainer.global_step  # restored from the checkpoint before this hook runs
         epoch, batch_in_epoch = divmod(done, per_epoch)
