@@ -21,16 +21,15 @@ holds a few map rows and two batches whatever the scene size.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from geossl.data.raster import AxisPlan
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import model_device, run_batches
+from geossl.predict.reader import window_batches
 
 
 def check_dense(model: LandCoverModel, tile: int, stride: int, tta: bool = False,
@@ -75,33 +74,22 @@ def classify_windows_dense(model: LandCoverModel, predict: Any, reader: Any, gri
     """Dense twin of ``geossl.predict.scene._classify_windows``: ``predict`` maps raw pixels to per-patch
     probabilities (B, K, h, w); each token row of a window is added to its map row. ``grid.stride`` is the
     cell (patch) size. Returns how many windows had at least ``min_valid`` valid pixels."""
-    device, tile, cell, n_windows = model_device(model), grid.tile, grid.stride, grid.n_windows
+    device, cell = model_device(model), grid.stride
     k, n = len(sink.classes), grid.tile // grid.stride
     classified = 0
-    bar = tqdm(total=n_windows, unit="win", desc=desc, disable=desc is None, leave=False)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(reader.read_batch, grid.origins(0, batch_size), tile)
-        for b0 in range(0, n_windows, batch_size):
-            images, valid = pending.result()
-            if b0 + batch_size < n_windows:
-                pending = pool.submit(reader.read_batch, grid.origins(b0 + batch_size, batch_size), tile)
-            frac = valid.reshape(len(valid), -1).mean(axis=1)
-            probs = np.zeros((len(valid), n, n, k), np.float32)
-            use = frac > 0
-            if use.any():
-                probs[use] = run_batches(predict, images[use], device).transpose(0, 2, 3, 1)
-            classified += int((frac >= min_valid).sum())
-            integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
-            integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
-            for i in np.flatnonzero(use):
-                ri, ci = grid.position(b0 + int(i))
-                rc, cc = grid.rows.cells[ri], grid.cols.cells[ci]
-                rw, cw = grid.weights(rc, grid.rows.starts[ri]), grid.weights(cc, grid.cols.starts[ci])
-                tok_cols = cc[:, 1] // cell
-                for a, tok_row in enumerate(rc[:, 1] // cell):
-                    sink.acc.add(rc[a : a + 1], cc, integral[i], probs[i, tok_row][tok_cols], float(frac[i]),
-                                 rw[a : a + 1], cw)
-            sink.finish_rows(grid.first_open_row(b0 + len(valid)))
-            bar.update(len(valid))
-    bar.close()
+    for b0, images, valid, frac, integral in window_batches(reader, grid, batch_size, desc):
+        probs = np.zeros((len(valid), n, n, k), np.float32)
+        use = frac > 0
+        if use.any():
+            probs[use] = run_batches(predict, images[use], device).transpose(0, 2, 3, 1)
+        classified += int((frac >= min_valid).sum())
+        for i in np.flatnonzero(use):
+            ri, ci = grid.position(b0 + int(i))
+            rc, cc = grid.rows.cells[ri], grid.cols.cells[ci]
+            rw, cw = grid.weights(rc, grid.rows.starts[ri]), grid.weights(cc, grid.cols.starts[ci])
+            tok_cols = cc[:, 1] // cell
+            for a, tok_row in enumerate(rc[:, 1] // cell):
+                sink.acc.add(rc[a : a + 1], cc, integral[i], probs[i, tok_row][tok_cols], float(frac[i]),
+                             rw[a : a + 1], cw)
+        sink.finish_rows(grid.first_open_row(b0 + len(valid)))
     return classified

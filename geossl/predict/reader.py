@@ -14,13 +14,15 @@ VRT gets an alpha band carrying the warped mask, read as the mask (rule 4).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
+from tqdm import tqdm
 
 from geossl.data.raster import WindowReader, open_raster
 from geossl.models.encoder import EncoderMeta
@@ -189,3 +191,24 @@ class SceneReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def window_batches(reader: SceneReader, grid: Any, batch_size: int,
+                   desc: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Row-major batches of ``grid``'s windows, the next batch read in a thread while the caller runs the
+    model: (first window index, images (B, C, T, T), valid (B, T, T), valid fraction (B,), integral image
+    of the valid pixels (B, T+1, T+1), for each cell's own valid share). Window and dense maps share it."""
+    tile, n_windows = grid.tile, grid.n_windows
+    bar = tqdm(total=n_windows, unit="win", desc=desc, disable=desc is None, leave=False)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(reader.read_batch, grid.origins(0, batch_size), tile)
+        for b0 in range(0, n_windows, batch_size):
+            images, valid = pending.result()
+            if b0 + batch_size < n_windows:
+                pending = pool.submit(reader.read_batch, grid.origins(b0 + batch_size, batch_size), tile)
+            frac = valid.reshape(len(valid), -1).mean(axis=1)
+            integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
+            integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
+            yield b0, images, valid, frac, integral
+            bar.update(len(valid))
+    bar.close()

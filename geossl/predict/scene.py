@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from rasterio.transform import Affine
-from tqdm import tqdm
 
 from geossl.data.raster import AxisPlan as AxisPlan  # re-exported: the planner lives in the raster layer
 from geossl.data.raster import axis_plan
@@ -44,7 +42,7 @@ from geossl.predict.common import (
 from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.geojson import footprint_lonlat, geojson_writer
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries, write_preview
-from geossl.predict.reader import SceneReader
+from geossl.predict.reader import SceneReader, window_batches
 from geossl.predict.rescale import scene_low_high
 from geossl.predict.stac import write_scene_item
 from geossl.predict.tta import tta_predict
@@ -328,36 +326,25 @@ def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, 
     """Read, classify (``predict``: raw pixels -> probabilities) and accumulate every window in row-major
     batches (the next batch is read while the model runs); returns how many windows had at least
     ``min_valid`` valid pixels."""
-    device, tile, n_windows = model_device(model), grid.tile, grid.n_windows
+    device, tile = model_device(model), grid.tile
     k = len(sink.classes)
     classified = 0
-    bar = tqdm(total=n_windows, unit="win", desc=desc, disable=desc is None, leave=False)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(reader.read_batch, grid.origins(0, batch_size), tile)
-        for b0 in range(0, n_windows, batch_size):
-            images, valid = pending.result()
-            if b0 + batch_size < n_windows:
-                pending = pool.submit(reader.read_batch, grid.origins(b0 + batch_size, batch_size), tile)
-            frac = valid.reshape(len(valid), -1).mean(axis=1)
-            p = np.zeros((len(valid), k), np.float32)
-            use = frac > 0
-            if use.any():
-                p[use] = run_batches(predict, images[use], device)
-            classified += int((frac >= min_valid).sum())
-            integral = np.zeros((len(valid), tile + 1, tile + 1), np.int32)
-            integral[:, 1:, 1:] = valid.cumsum(1, dtype=np.int32).cumsum(2, dtype=np.int32)
-            for i in range(len(valid)):
-                ri, ci = grid.position(b0 + i)
-                if frac[i] > 0:
-                    rc, cc = grid.rows.cells[ri], grid.cols.cells[ci]
-                    sink.acc.add(rc, cc, integral[i], p[i], float(frac[i]), grid.weights(rc, grid.rows.starts[ri]),
-                                 grid.weights(cc, grid.cols.starts[ci]))
-                if sink.gj is not None and frac[i] >= min_valid:
-                    _add_feature(sink.gj, reader, sink.classes, p[i], float(frac[i]),
-                                 grid.cols.starts[ci], grid.rows.starts[ri], tile)
-            sink.finish_rows(grid.first_open_row(b0 + len(valid)))
-            bar.update(len(valid))
-    bar.close()
+    for b0, images, valid, frac, integral in window_batches(reader, grid, batch_size, desc):
+        p = np.zeros((len(valid), k), np.float32)
+        use = frac > 0
+        if use.any():
+            p[use] = run_batches(predict, images[use], device)
+        classified += int((frac >= min_valid).sum())
+        for i in range(len(valid)):
+            ri, ci = grid.position(b0 + i)
+            if frac[i] > 0:
+                rc, cc = grid.rows.cells[ri], grid.cols.cells[ci]
+                sink.acc.add(rc, cc, integral[i], p[i], float(frac[i]), grid.weights(rc, grid.rows.starts[ri]),
+                             grid.weights(cc, grid.cols.starts[ci]))
+            if sink.gj is not None and frac[i] >= min_valid:
+                _add_feature(sink.gj, reader, sink.classes, p[i], float(frac[i]),
+                             grid.cols.starts[ci], grid.rows.starts[ri], tile)
+        sink.finish_rows(grid.first_open_row(b0 + len(valid)))
     return classified
 
 
