@@ -85,4 +85,7 @@ def test_cli_literals_match_sources() -> None:
 
     assert probe_cli.FEATURE_RECIPES == FEATURE_RECIPES
     assert probe_cli.DEFAULT_WEIGHT_DECAYS == DEFAULT_WEIGHT_DECAYS
+    from geossl.probe.dense import DEFAULT_TOKENS_PER_PATCH
+
+    assert probe_cli.DEFAULT_DENSE_TOKENS == DEFAULT_TOKENS_PER_PATCH
     assert probe_cli.parse_budgets("5, 10,all") == [5, 10, None]

@@ -13,6 +13,7 @@ from geossl.settings import data_root
 # Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
 FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # geossl.probe.linear.DEFAULT_WEIGHT_DECAYS
+DEFAULT_DENSE_TOKENS = 16  # geossl.probe.dense.DEFAULT_TOKENS_PER_PATCH
 PROBE_OUTPUTS = ("metrics.json", "model")  # what marks a folder as holding a finished (or half-written) probe
 
 
@@ -113,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense", action="store_true",
                         help="also fit a per-patch head on the last block's patch tokens (each token takes its "
                              "patch's label), for `geossl classify --dense` maps at patch resolution")
-    parser.add_argument("--dense-tokens", type=int, default=16, metavar="N",
+    parser.add_argument("--dense-tokens", type=int, default=DEFAULT_DENSE_TOKENS, metavar="N",
                         help="--dense: tokens drawn (seeded) per train/val patch to fit on (default 16; 0 = all); "
                              "every test token is scored")
     parser.add_argument("--no-random-baseline", action="store_true",
