@@ -98,8 +98,6 @@ def test_dense_refusals_are_one_line_errors(tmp_path: Path, capsys: pytest.Captu
     model = dense_model(tmp_path / "dense")
     assert main([*args, "--model", str(model), "--stride", "12"]) == 1
     assert "multiple of the patch size 8" in capsys.readouterr().err
-    assert main([*args, "--model", str(model), "--tta"]) == 1
-    assert "--tta is not supported with --dense" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -160,3 +158,13 @@ def test_probe_dense_then_classify_dense_on_naip(tmp_path: Path, shared_data: Pa
     with rasterio.open(maps / f"{Path(NAIP).stem}_classes.tif") as m:
         assert m.res == (80.0, 80.0) and json.loads(m.tags()["CLASSES"]) == metrics["classes"]
         assert set(np.unique(m.read(1))) - {255} <= set(range(10))
+
+
+def test_dense_map_with_tta_runs_and_keeps_the_grid(tmp_path: Path) -> None:
+    model = load_landcover_model(dense_model(tmp_path / "m"))
+    scene = write_synthetic_scene(tmp_path / "s.tif", 96, 80)
+    plain = classify_scene(model, str(scene), tmp_path / "plain", dense=True, preview=False, progress=False)
+    tta = classify_scene(model, str(scene), tmp_path / "tta", dense=True, tta=True, preview=False, progress=False)
+    with rasterio.open(plain.class_map) as a, rasterio.open(tta.class_map) as b:
+        assert a.transform == b.transform and a.shape == b.shape == (10, 12)
+        assert (b.read(1) != 255).all() and b.tags()["TTA"] == "True"

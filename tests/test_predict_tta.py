@@ -13,7 +13,7 @@ import torch
 from bench.synthetic import make_tiny_model, write_synthetic_scene
 from geossl.models.landcover import load_landcover_model
 from geossl.predict.scene import classify_scene
-from geossl.predict.tta import dihedral, tta_predict
+from geossl.predict.tta import dihedral, tta_predict, tta_predict_dense, undo_dihedral
 
 W = torch.tensor([[0.02, -0.01, 0.03], [-0.02, 0.04, 0.0], [0.01, 0.0, -0.03], [0.0, 0.02, 0.01]])
 
@@ -68,3 +68,31 @@ def test_tta_in_a_scene_map(tmp_path: Path) -> None:
         expected = torch.stack([model.predict_proba(dihedral(image, k)) for k in range(8)]).mean(0)[0].numpy()
     np.testing.assert_allclose(q[:, 0, 0], expected, atol=1e-5)
     assert not np.allclose(p, q, atol=1e-4)
+
+
+def patch_means(x: torch.Tensor, p: int = 4) -> torch.Tensor:
+    """Per-patch (p x p) band means -> per-patch probabilities (B, K, h, w): invariant inside each patch."""
+    b, c, h, w = x.shape
+    means = x.reshape(b, c, h // p, p, w // p, p).mean(dim=(3, 5))  # (B, C, h, w)
+    return torch.softmax(torch.einsum("bchw,kc->bkhw", means, W), dim=1)
+
+
+def patch_corner(x: torch.Tensor, p: int = 4) -> torch.Tensor:
+    """Not invariant: each patch's top-left pixel."""
+    return torch.softmax(torch.einsum("bchw,kc->bkhw", x[..., ::p, ::p], W), dim=1)
+
+
+def test_undo_dihedral_inverts_every_transform() -> None:
+    x = torch.rand(2, 3, 5, 5)
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+
+
+def test_dense_tta_maps_each_vote_back_to_its_patch() -> None:
+    x = torch.rand(3, 3, 16, 16) * 100
+    plain = patch_means(x)
+    assert torch.allclose(tta_predict_dense(patch_means)(x), plain, atol=1e-6)  # every patch's 8 votes agree
+    # reference, written out: the 8 transformed images' patch grids, each turned back, averaged
+    ref = torch.stack([undo_dihedral(patch_corner(dihedral(x, k)), k) for k in range(8)]).mean(0)
+    got = tta_predict_dense(patch_corner)(x)
+    assert torch.allclose(got, ref, atol=1e-6) and not torch.allclose(got, patch_corner(x), atol=1e-3)

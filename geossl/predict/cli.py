@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         from geossl.predict.dense import check_dense
 
         tile_px = args.tile_size or model.meta.img_size
-        check_dense(model, tile_px, args.stride or tile_px, args.tta, args.model)
+        check_dense(model, tile_px, args.stride or tile_px, args.model)
     out_dir = ensure_out_dir(args.out)
     bands = parse_bands(args.bands)
     uris = image_inputs(args.input)

@@ -32,8 +32,7 @@ from geossl.predict.common import model_device, run_batches
 from geossl.predict.reader import window_batches
 
 
-def check_dense(model: LandCoverModel, tile: int, stride: int, tta: bool = False,
-                model_path: str | Path | None = None) -> None:
+def check_dense(model: LandCoverModel, tile: int, stride: int, model_path: str | Path | None = None) -> None:
     """Refuse, in one line, what a dense map cannot do (before any output is written)."""
     if model.dense_head is None:
         where = model_path or getattr(model, "source", None) or "the land-cover model"
@@ -43,8 +42,6 @@ def check_dense(model: LandCoverModel, tile: int, stride: int, tta: bool = False
     if stride % p or stride > tile:
         raise ValueError(f"--stride {stride}: with --dense it must be a multiple of the patch size {p} "
                          f"and at most the tile size {tile}")
-    if tta:
-        raise ValueError("--tta is not supported with --dense (flipped patch grids are not mapped back yet)")
 
 
 def dense_axis_plan(length: int, tile: int, stride: int, cell: int) -> AxisPlan:

@@ -45,7 +45,7 @@ from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colorm
 from geossl.predict.reader import SceneReader, window_batches
 from geossl.predict.rescale import scene_low_high
 from geossl.predict.stac import write_scene_item
-from geossl.predict.tta import tta_predict
+from geossl.predict.tta import tta_predict, tta_predict_dense
 
 # GDAL's block cache defaults to 5 % of RAM, enough to hold a whole scene and dominate "bounded memory".
 # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in BYTES: "128" would mean 128 bytes (no cache at all).
@@ -134,7 +134,7 @@ def classify_scene(
     tile, stride = _window_sizes(model, tile_size, stride, min_valid)
     _check_options(blend, probs_dtype)
     if dense:
-        check_dense(model, tile, stride, tta, model_path)
+        check_dense(model, tile, stride, model_path)
         geojson = False  # the tiles GeoJSON describes windows; a dense map has none
     outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
@@ -152,11 +152,12 @@ def classify_scene(
         tags = class_tags(classes, {"source": scene, "tile_size": tile, "stride": stride, "min_valid": min_valid,
                                     "resampling": note, "blend": blend, "tta": tta,
                                     **({"dense": f"one cell per {cell} px patch"} if dense else {})})
-        predict = tta_predict(model.predict_proba) if tta else model.predict_proba
+        base = model.predict_patch_proba if dense else model.predict_proba
+        predict = (tta_predict_dense if dense else tta_predict)(base) if tta else base
         run = classify_windows_dense if dense else _classify_windows
         with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid, probs_dtype) as sink:
-            classified = run(model, model.predict_patch_proba if dense else predict, reader, grid, sink, batch_size,
-                             min_valid, desc=output_stem(scene) if progress else None)
+            classified = run(model, predict, reader, grid, sink, batch_size, min_valid,
+                             desc=output_stem(scene) if progress else None)
         rgb = _rgb_choice(meta.bands, reader.bands)
         read_bands, stretch = list(reader.bands), scene_low_high(reader.rescaler, rgb)
     if outputs["preview"] is not None:
