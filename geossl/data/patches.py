@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -311,15 +312,9 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _read_image(self, path: Path) -> np.ndarray:
         try:
-            with Image.open(path) as img:
-                count, dtype = _pil_layout(img, path)
-                self._check_layout(path, count, dtype)
-                if img.mode in ("P", "PA", "1"):
-                    img = img.convert(_PIL_CONVERT[img.mode] if img.mode != "P" or "transparency" not in img.info else "RGBA")
-                array = np.asarray(img)
+            array = read_pil_array(path, check=lambda img: self._check_layout(path, *_pil_layout(img, path)))
         except _decode_errors() as exc:
             raise BadPatchError(path, "unreadable", f"not a readable image or truncated ({exc})") from None
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return array if self.bands is None else array[[b - 1 for b in self.bands]]
 
     def _check_layout(self, path: Path, count: int, dtype: str) -> None:
@@ -349,6 +344,23 @@ _PIL_MODES: dict[str, tuple[int, str]] = {
 
 
 _PIL_CONVERT = {"1": "L", "P": "RGB", "PA": "RGBA"}  # modes numpy cannot take as they are
+
+
+def read_pil_array(path: str | Path, check: Callable[[Image.Image], None] | None = None) -> np.ndarray:
+    """(C, H, W) pixels of a JPEG/PNG through PIL (no GDAL needed for those), for patches and predicted tiles.
+
+    ``check`` sees the opened image before its pixels are decoded (the dataset's layout check). 1-bit,
+    palette and palette+alpha images become L, RGB (RGBA when the palette has transparency) and RGBA.
+    Decoding errors are raised as they come (see ``_decode_errors``); callers turn them into their own.
+    """
+    with Image.open(path) as img:
+        if check is not None:
+            check(img)
+        if img.mode in _PIL_CONVERT:
+            transparent = img.mode == "P" and "transparency" in img.info
+            img = img.convert("RGBA" if transparent else _PIL_CONVERT[img.mode])
+        array = np.asarray(img)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _pil_layout(img: Image.Image, path: Path) -> tuple[int, str]:

@@ -25,6 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from tqdm import tqdm
 
+from geossl.data.patches import read_pil_array
 from geossl.data.raster import WindowReader, open_raster, valid_mask
 from geossl.data.uris import RASTER_EXTS, expand_inputs
 from geossl.io import atomic_path, check_outputs
@@ -144,13 +145,9 @@ def read_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None) -
 def _read_pil_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None) -> Tile:
     """A JPEG/PNG chip through PIL (no GDAL needed for those): no nodata, so only the finite test applies."""
     try:
-        with Image.open(uri) as img:
-            if img.mode in ("P", "1", "PA"):
-                img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        array = read_pil_array(uri)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise TileReadError(f"{uri}: not a readable image or truncated ({exc})") from None
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     used = resolve_bands(meta, array.shape[0], uri, bands, ())
     data = array[[b - 1 for b in used]]
     valid = valid_mask(data, [None] * len(used))
