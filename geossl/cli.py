@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("geossl.data.stats_cli", "per-band mean/std/percentiles of scenes or patches -> stats.json"),
     "pretrain": ("geossl.dino.cli", "DINO self-supervised pretraining of a ViT (Lightning; resumable)"),
     "probe": ("geossl.probe.cli", "linear and k-NN land-cover heads on frozen features -> metrics, model"),
+    "finetune": ("geossl.finetune.cli",
+                 "train a land-cover classifier end to end from an encoder (full, last-N blocks, LoRA)"),
     "classify": ("geossl.predict.cli", "classify tiles or whole scenes into land-cover tables and maps"),
     "embed": ("geossl.predict.embed_cli", "one embedding per tile -> (Geo)Parquet, for similarity search"),
     "attention": ("geossl.predict.attention_cli", "DINO self-attention maps of a tile -> PNG"),

@@ -33,10 +33,6 @@ OPTIONAL = {"sagemaker": "sagemaker"}  # the SageMaker SDK, loaded lazily by geo
 USED_INDIRECTLY = {
     # Lightning's TensorBoardLogger (geossl.dino.train) needs it and Lightning does not require it.
     "tensorboard",
-    # Never imported: timm and torchgeo import it. Declared for its floor: torchvision must match the
-    # torch build, and >=0.19 is the release made for torch 2.4 (our floor), so pip never pairs torch
-    # 2.4+ with an older, ABI-incompatible torchvision.
-    "torchvision",
 }
 
 

@@ -46,16 +46,8 @@ def parse_floats(text: str) -> list[float]:
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", required=True,
-                        help="encoder folder (model.safetensors + geossl.json), or random:<folder> for the "
-                             "same architecture randomly initialised (the baseline)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="labelled patches: class folders, labels.csv or splits.csv inside, or a "
-                             "path,label[,split] CSV (default: <data root>/eurosat-rgb)")
-    parser.add_argument("--splits", type=Path, default=None,
-                        help="path,label,split CSV (paths relative to --data); default: splits.csv in the "
-                             "data folder, else a seeded stratified 70/10/20 split")
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """The labels-as-geodata flags, shared by ``geossl probe`` and ``geossl finetune``."""
     geo = parser.add_argument_group(
         "labels as geodata",
         "instead of --data: labelled chips cut from --scenes at the encoder's tile size and GSD, written with "
@@ -92,6 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="label raster: class names, as 1=Water,2=Trees or a value,name CSV (default: the codes)")
     geo.add_argument("--no-check-stats", action="store_true",
                      help="cut chips even when the scenes' values do not match the encoder's statistics")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", required=True,
+                        help="encoder folder (model.safetensors + geossl.json), or random:<folder> for the "
+                             "same architecture randomly initialised (the baseline)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="labelled patches: class folders, labels.csv or splits.csv inside, or a "
+                             "path,label[,split] CSV (default: <data root>/eurosat-rgb)")
+    parser.add_argument("--splits", type=Path, default=None,
+                        help="path,label,split CSV (paths relative to --data); default: splits.csv in the "
+                             "data folder, else a seeded stratified 70/10/20 split")
+    add_label_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (metrics, figures, model/)")
     parser.add_argument("--features", choices=FEATURE_RECIPES, default=None,
                         help="feature recipe (default: the encoder's, normally cls_last4)")
