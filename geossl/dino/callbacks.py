@@ -42,7 +42,8 @@ class HistoryCallback(L.Callback):
 
 
 class MetricPrinter(HistoryCallback):
-    """Every ``every`` steps on rank 0: loss, lr and throughput as one unbuffered line; warns on collapse.
+    """Every ``every`` steps on rank 0: loss, lr, throughput and the cheap health signals (KL, teacher and
+    marginal entropies, :mod:`geossl.dino.health`) as one unbuffered line; warns on collapse.
 
     Also the place where the (device-side) non-finite counter is read, so the hot path never syncs.
     """
@@ -72,8 +73,9 @@ class MetricPrinter(HistoryCallback):
         record = {"step": step, "epoch": step / pl_module.steps_per_epoch, **monitors,
                   "lr": pl_module.schedule_value("lr", step - 1), "img_per_s": images}
         self.history.append(record)
+        health = {k: monitors[k] for k in ("kl", "teacher_entropy", "marginal_entropy") if k in monitors}
         print(metric_line(step=step, epoch=trainer.current_epoch, loss=monitors["loss"],
-                          lr=record["lr"], img_per_s=round(images, 1)), flush=True)
+                          lr=record["lr"], img_per_s=round(images, 1), **health), flush=True)
         if monitors.get("teacher_std", 1.0) < self.collapse_std:
             msg = (f"COLLAPSE WARNING at step {step}: std of normalised teacher embeddings is "
                    f"{monitors['teacher_std']:.2e} (near 0 = every tile maps to the same point). "

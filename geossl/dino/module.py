@@ -14,6 +14,7 @@ from torch.amp.grad_scaler import OptState
 from geossl.augment import MultiCropAugment
 from geossl.config import config_from_dict
 from geossl.dino.data import steps_per_epoch
+from geossl.dino.health import marginal_entropy, student_teacher_kl, teacher_entropy
 from geossl.dino.ibot import IBOTPatchLoss, PatchMasks
 from geossl.dino.koleo import koleo_loss
 from geossl.dino.loss import DINOLoss
@@ -139,12 +140,14 @@ class DINOModule(L.LightningModule):
         crops = self.augment(images, generator=generator)
         teacher_temp = self.schedule_value("teacher_temp", step)
         masks = self.draw_patch_masks(crops[0], seed) if self.ibot_loss is not None else None
-        terms, teacher = self.compute_losses(crops, teacher_temp, masks)
+        # Monitors every few steps only, read by MetricPrinter after this step.
+        monitor = (step + 1) % self.cfg.trainer.log_every_steps == 0 or step == 0
+        terms, teacher, seen = self.losses_and_outputs(crops, teacher_temp, masks, monitor)
         loss = terms["loss"]
         self.nonfinite_steps += (~torch.isfinite(loss.detach())).long()
 
-        if (step + 1) % self.cfg.trainer.log_every_steps == 0 or step == 0:  # read by MetricPrinter after this step
-            self._log_monitors(terms, teacher.head, teacher.first_embeddings, teacher_temp, step)
+        if monitor:
+            self._log_monitors(terms, teacher.first_embeddings, seen, teacher_temp, step)
         return loss
 
     def draw_patch_masks(self, global_crop: torch.Tensor, seed: int) -> PatchMasks:
@@ -169,6 +172,15 @@ class DINOModule(L.LightningModule):
         student sees the global crops masked when ``masks`` is given (iBOT); the teacher never does.
         Returns ``{"loss": total, "dino": ..., "koleo": ..., "ibot": ...}`` with the active terms.
         """
+        terms, teacher, _ = self.losses_and_outputs(crops, teacher_temp, masks)
+        return terms, teacher
+
+    def losses_and_outputs(
+        self, crops: list[torch.Tensor], teacher_temp: float, masks: PatchMasks | None = None, monitor: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], ViewOutputs, dict[str, list[torch.Tensor]]]:
+        """:meth:`compute_losses`, plus with ``monitor`` what the health signals need: ``targets``, the DINO
+        loss's teacher targets per global view (taken before the loss moves its centre, so exactly those the
+        loss used), and ``student``, the student's detached head outputs for the global views."""
         cfg = self.cfg.loss
         index = masks.index if masks is not None else None
         with torch.no_grad():
@@ -176,6 +188,10 @@ class DINOModule(L.LightningModule):
         student = self.model.student.forward_views(
             crops, N_GLOBAL, masks=masks.masks if masks is not None else None, patch_index=index
         )
+        seen: dict[str, list[torch.Tensor]] = {}
+        if monitor:
+            seen["targets"] = self.dino_loss.teacher_probs(teacher.head, teacher_temp)
+            seen["student"] = [s.detach() for s in student.head[:N_GLOBAL]]
         loss = self.dino_loss(student.head, teacher.head, teacher_temp)
         terms = {"dino": loss}
         if cfg.koleo_weight > 0:  # per global crop, summed (DINOv2)
@@ -186,23 +202,26 @@ class DINOModule(L.LightningModule):
             terms["ibot"] = self.ibot_loss(student.patch_head, teacher.patch_head, masks.weight, teacher_temp)
             loss = loss + cfg.ibot_weight * terms["ibot"]
         terms["loss"] = loss
-        return terms, teacher
+        return terms, teacher, seen
 
     @torch.no_grad()
     def _log_monitors(
-        self, terms: dict[str, torch.Tensor], teacher_out: list[torch.Tensor], embeddings: torch.Tensor,
+        self, terms: dict[str, torch.Tensor], embeddings: torch.Tensor, seen: dict[str, list[torch.Tensor]],
         teacher_temp: float, step: int,
     ) -> None:
-        """Collapse monitors (std of normalised teacher embeddings; teacher entropy) every few steps only;
-        each loss term as ``loss_<term>`` when more than the DINO term is active."""
+        """Collapse monitors every few steps only, all device-side (no host sync): std of normalised teacher
+        embeddings; teacher entropy, entropy of its batch-mean distribution and KL(teacher || student) on the
+        global crops (see :mod:`geossl.dino.health`); each loss term as ``loss_<term>`` when more than the
+        DINO term is active."""
         normalized = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-        probs = torch.cat(self.dino_loss.teacher_probs(teacher_out, teacher_temp))  # as the loss centres it
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean()
+        probs = torch.cat(seen["targets"])
         loss = terms["loss"]
         self.monitors = {
             "loss": loss.detach(),
             "teacher_std": normalized.std(dim=0).mean(),
-            "teacher_entropy": entropy,
+            "teacher_entropy": teacher_entropy(probs),
+            "marginal_entropy": marginal_entropy(probs),
+            "kl": student_teacher_kl(seen["targets"], seen["student"], self.dino_loss.student_temp),
         }
         if len(terms) > 2:
             self.monitors.update({f"loss_{k}": v.detach() for k, v in terms.items() if k != "loss"})

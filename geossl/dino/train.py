@@ -2,7 +2,7 @@
 
 Run folder layout::
 
-    RUN/config.yaml  stats.json  summary.json  curves.png
+    RUN/config.yaml  stats.json  summary.json  curves.png  health.png (label-free signals, geossl/dino/health.py)
     RUN/checkpoints/last.ckpt, step-*.ckpt      (atomic; newest complete one is the resume point)
     RUN/logs/tensorboard/..., RUN/logs/csv/...
     RUN/encoder/model.safetensors + geossl.json (the teacher backbone, exported at the end)
@@ -11,6 +11,7 @@ Run folder layout::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -43,6 +44,7 @@ from geossl.dino.data import (
     resolve_stats,
     value_range,
 )
+from geossl.dino.health import HealthMonitor
 from geossl.dino.init import initialize_from_encoder, with_init_architecture
 from geossl.dino.module import DINOModule
 from geossl.dino.run_folder import (
@@ -170,11 +172,14 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     init_report = initialize_from_encoder(module.model, cfg, stats) if cfg.model.init and ckpt is None else None
 
     printer = MetricPrinter(cfg.trainer.log_every_steps)
+    health = HealthMonitor(dataset, math.log(cfg.head.out_dim), cfg.trainer.checkpoint_every_steps, cfg.seed,
+                           cfg.data.num_workers)
     knn = KNNMonitor(cfg.eval, cfg.data.bands, cfg.seed, cfg.data.root) if cfg.eval.knn_data else None
     sigterm = SigtermCheckpoint(paths.checkpoint_dir)
     bad_files = bad_file_monitor(cfg, dataset)  # skipped patch files: counted, reported, capped
     callbacks: list[L.Callback] = [
-        *([bad_files] if bad_files else []), printer, sigterm,
+        # health before FinalCheckpoint: its last record (taken in on_train_end) is then in last.ckpt
+        *([bad_files] if bad_files else []), printer, health, sigterm,
         FiniteModelCheckpoint(dirpath=paths.checkpoint_dir, filename="step-{step:08d}", save_top_k=-1,
                               save_last=False, every_n_train_steps=cfg.trainer.checkpoint_every_steps,
                               auto_insert_metric_name=False, keep_last=cfg.trainer.keep_last,
@@ -208,6 +213,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
         "final_loss": printer.history[-1]["loss"] if printer.history else None,
         "knn_top1": knn.history[-1]["knn_top1"] if knn and knn.history else None,
         "skipped_files": bad_files.report() if bad_files else None,
+        "health": health.summary(),
     }
     if trainer.is_global_zero:
         if bad_files:
@@ -215,9 +221,11 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
         if status == "finished":
             export_encoder(module.model.teacher.backbone, module.teacher_encoder().meta, paths.export_dir)
             summary["encoder_dir"] = str(paths.export_dir)
-        from geossl.dino.plots import plot_curves
+        from geossl.dino.plots import plot_curves, plot_health
 
         plot_curves(printer.history, knn.history if knn else [], paths.run_dir / "curves.png")
+        plot_health(printer.history, health.history, health.log_k, summary["health"]["warnings"],
+                    paths.run_dir / "health.png")
         atomic_write_json(paths.run_dir / "summary.json", summary)
     return summary
 
