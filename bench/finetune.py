@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", type=Path, required=True)
     p.add_argument("--minutes", default="5,10,20,30")
     p.add_argument("--starts", default="dino,random", help="dino (the encoder) and/or random (its architecture untrained)")
+    p.add_argument("--runs", default=None, metavar="START:MIN,...",
+                   help="explicit runs in this order, e.g. dino:10,dino:30,random:10 (default: every start x budget)")
     p.add_argument("--config", default="configs/finetune_demo.yaml")
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/finetune_bench"))
@@ -119,21 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     img_per_s = args.img_per_s or train_throughput(str(args.encoder), args.config, args.overrides)
     print(f"training throughput: {img_per_s:.1f} img/s", file=sys.stderr, flush=True)
     rows, baselines = [], {}
-    for start in args.starts.split(","):
+    plan = ([(r.split(":")[0], float(r.split(":")[1])) for r in args.runs.split(",")] if args.runs else
+            [(s, float(m)) for s in args.starts.split(",") for m in args.minutes.split(",")])
+    probed: set[str] = set()
+    for start, minutes in plan:
         extra = args.random_overrides.split() if start == "random" else []
-        for i, minutes in enumerate(float(m) for m in args.minutes.split(",")):
-            row = run_one(args, start, minutes, img_per_s, "frozen" if i == 0 else "none", extra)
-            for name, top1 in row["baselines"].items():
-                baselines[name if start == "dino" or name == "band-statistics" else f"{name} (random init)"] = top1
-            rows.append(row)
-            print(f"{start:>6} {minutes:5g} min  {row['epochs']:6.2f} epochs  test top-1 {row['test_top1']:.2%}  "
-                  f"wall {row['wall_s']:.0f} s  peak {row['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+        row = run_one(args, start, minutes, img_per_s, "none" if start in probed else "frozen", extra)
+        probed.add(start)
+        for name, top1 in row["baselines"].items():
+            baselines[name if start == "dino" or name == "band-statistics" else f"{name} (random init)"] = top1
+        rows.append(row)
+        write(args, img_per_s, rows, baselines)  # after every run: an interrupted bench keeps what it measured
+        print(f"{start:>6} {minutes:5g} min  {row['epochs']:6.2f} epochs  test top-1 {row['test_top1']:.2%}  "
+              f"wall {row['wall_s']:.0f} s  peak {row['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+    print(json.dumps(write(args, img_per_s, rows, baselines)))
+    return 0
+
+
+def write(args: argparse.Namespace, img_per_s: float, rows: list[dict[str, Any]],
+          baselines: dict[str, float]) -> dict[str, Any]:
     result = {"bench": "finetune", "img_per_s": round(img_per_s, 1), "cpus": os.cpu_count(),
               "config": args.config, "overrides": args.overrides, "runs": rows, "baselines": baselines}
     (args.out / "finetune_bench.json").write_text(json.dumps(result, indent=1))
     plot(rows, baselines, args.out / "finetune_bench.png")
-    print(json.dumps(result))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--minutes", type=float, default=4.0, help="pretraining budget in minutes of this machine")
     parser.add_argument("--runs", type=Path, default=Path("runs/trials"))
+    parser.add_argument("--img-per-s", type=float, default=None,
+                        help="the recipe's throughput on an idle machine, timed beforehand (default: timed now; "
+                             "pass it when other work shares the cores, or the budget shrinks with the contention)")
     parser.add_argument("--random", action="store_true", help="also probe this architecture at random init")
     parser.add_argument("--reprobe", action="store_true", help="probe the finished trial NAME again")
     parser.add_argument("--table", action="store_true", help="only rewrite docs/trials.md from RUNS/trials.jsonl")
@@ -115,7 +118,7 @@ def run_trial(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from geossl.dino.train import pretrain
 
     overrides = [f"data.root={root}", *args.overrides]
-    speed = throughput(args.config, overrides)
+    speed = args.img_per_s or throughput(args.config, overrides)
     base = load_config(args.config, overrides)
     sizing = sized_overrides(speed * args.minutes * 60, base.data.batch_size)
     cfg = load_config(args.config, [*overrides, *sizing, "eval.knn_data=null", "trainer.progress_bar=false",

@@ -45,3 +45,16 @@ def test_feature_recipe_is_checked_against_the_encoder_recipes():
         assert load_config(None, [f"model.feature_recipe={recipe}"]).model.feature_recipe == recipe
     with pytest.raises(ConfigError, match="key 'model.feature_recipe'"):
         load_config(None, ["model.feature_recipe=cls_last5"])
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_key_and_lines(tmp_path):
+    from geossl.config import ConfigError, load_config
+
+    nested = tmp_path / "twice.yaml"
+    nested.write_text("optim:\n  epochs: 3\n  base_lr: 0.001\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML .*key 'epochs' appears twice .*lines 2 and 4"):
+        load_config(nested)
+    section = tmp_path / "sections.yaml"
+    section.write_text("optim:\n  epochs: 3\ndata:\n  batch_size: 8\noptim:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"key 'optim' appears twice .*lines 1 and 5"):
+        load_config(section)

@@ -133,10 +133,11 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
                    "naip/m_4709963_se_14_1_20190904.tif",
                    "sha256:bfa915b54ad6e4e4fe60ad6afdd9115ff5d00c363d4d1ccfaaa33ebb3cad2df2", 2_526_050,
                    dest="naip_5m_north_dakota_2019.tif"),
-            # opengeos (leafmap examples/data/cog.tif, the 4-band sample COG of the opengeos tutorials).
-            # UNCONFIRMED that it is byte-identical to the shared copy: the sha256 pin decides.
-            Source("s2_like_10m_netherlands_cog.tif", "https://raw.githubusercontent.com/opengeos/leafmap/"
-                   "master/examples/data/cog.tif",
+            # opengeos (data raster/cog.tif, the 4-band sample COG of the opengeos tutorials; it moved there
+            # from leafmap examples/data/cog.tif, byte-identical: the same sha256 pin).
+            # Reported byte-identical to the shared copy (#23); the sha256 pin checks it on every fetch.
+            Source("s2_like_10m_netherlands_cog.tif", "https://raw.githubusercontent.com/opengeos/data/"
+                   "main/raster/cog.tif",
                    "sha256:bfee1e6483fd3fa8754102d3022c253cfdc88bf72ee725e5cffc09c8d4061adb", 610_612,
                    dest="s2_like_10m_netherlands_cog.tif"),
             # rasterio's test data: tests/data/RGB.byte.tif (Landsat 7 ETM+, CC0).

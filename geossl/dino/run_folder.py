@@ -39,8 +39,9 @@ def is_launching_process() -> bool:
 class RunLock:
     """An exclusive, non-blocking lock on ``RUN/.lock`` (see module docstring)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, what: str = "geossl pretrain") -> None:
         self.path = Path(run_dir) / ".lock"
+        self.what = what  # named in the refusal: the command that holds the folder
         self._handle: Any = None
 
     def acquire(self) -> None:
@@ -52,7 +53,7 @@ class RunLock:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             handle.close()
-            raise RuntimeError(f"{self.path.parent}: another geossl pretrain ({owner}) is running in this folder; "
+            raise RuntimeError(f"{self.path.parent}: another {self.what} ({owner}) is running in this folder; "
                                "wait for it to end or choose another --run-dir") from None
         handle.seek(0)
         handle.truncate()

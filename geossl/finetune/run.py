@@ -62,7 +62,7 @@ class FinetuneOptions:
 def run_finetune(opts: FinetuneOptions) -> dict[str, Any]:
     """Fine-tune, export ``OUT/model``, score the test split and the baselines; returns metrics.json's content."""
     out = Path(opts.out)
-    lock = RunLock(out)
+    lock = RunLock(out, "geossl finetune")
     lock.acquire()
     try:
         return _run_locked(opts, out)
