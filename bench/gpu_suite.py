@@ -220,6 +220,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     sizing = read_json(work / "sizing.json") or {}
     summary = last_json_line(work / "logs" / "pretrain.out") or read_json(work / "run" / "summary.json") or {}
     metrics = read_json(work / "probe" / "metrics.json")
+    tuned = read_json(work / "finetune" / "metrics.json")
     env = read_json(args.env) or {}
     speeds = [float(m) for m in re.findall(r"img_per_s=([0-9.]+)", _text(work / "logs" / "pretrain.out"))]
     speeds = [s for s in speeds[2:] if s > 0]  # the first lines include start-up
@@ -227,7 +228,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {
         "mode": args.mode, "machine": f"GPU {env['gpu']}" if env.get("gpu") else f"CPU ({env.get('cpu_count')} cores)",
         "config": args.config, "data": args.data,
-        "stages": {k: stage_status(stages.get(k)) for k in ("size", "pretrain", "probe")},
+        "stages": {k: stage_status(stages.get(k)) for k in ("size", "pretrain", "probe", "finetune")},
         "sizing": {k: sizing.get(k) for k in ("n_train", "train_s", "epochs", "limit", "steps", "overrides")}
         | {"measured_img_per_s": (sizing.get("throughput") or {}).get("img_per_s")},
         "pretrain_wall_s": (stages.get("pretrain") or {}).get("seconds"),
@@ -245,6 +246,10 @@ def cmd_quality(args: argparse.Namespace) -> int:
             "gain_over_best_baseline": metrics.get("gain_over_best_baseline"),
             "probe_wall_s": (metrics.get("wall_seconds") or {}).get("total"),
         })
+    if tuned:
+        out["finetune"] = {"top1": tuned["top1"], "macro_f1": tuned["macro_f1"], "steps": tuned["steps"],
+                           "epochs": tuned["epochs"], "train_s": tuned["train_seconds"],
+                           "test_count": tuned["test_count"], "mode": tuned["mode"]}
     write_json(args.out, out)
     if metrics:
         base = ", ".join(f"{k} {v['linear_top1']:.1%}/{v['knn_top1']:.1%}" for k, v in out["baselines"].items())
@@ -275,7 +280,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         "torch": env.get("torch"), "ok": bool(stages) and all(stage_status(r) == "ok" for r in stages.values()),
         "stages": {k: {"status": stage_status(r), "seconds": r["seconds"]} for k, r in stages.items()},
         "step_img_per_s": {f"{r['part']}": r.get("img_per_s") for r in step.get("results", [])},
-        "quality": {k: quality.get(k) for k in ("encoder", "baselines", "pretrain_wall_s", "steps", "schedule_completed")},
+        "quality": {k: quality.get(k) for k in ("encoder", "baselines", "pretrain_wall_s", "steps", "schedule_completed",
+                                                "finetune")},
     }
     write_json(out / "summary.json", payload)
     print(json.dumps(payload, separators=(",", ":")), flush=True)

@@ -10,7 +10,9 @@
 #                  ViT-S/8 2x64+6x32 batch 256 eager (the quality recipe's shape)
 #   3. size, pretrain, probe -> OUT/quality.json: configs/gpu_suite.yaml pretrained on the carried EuroSAT
 #                  subset, then `geossl probe` (encoder + band-statistics and random-init baselines, test split)
-#   4. the last stdout line: one JSON object summarising the suite (also OUT/summary.json)
+#   4. finetune -> OUT/quality.json "finetune": `geossl finetune` of that encoder (configs/finetune_gpu.yaml),
+#                  test top-1 of the fine-tuned model, in what the window has left (FINETUNE_S)
+#   5. the last stdout line: one JSON object summarising the suite (also OUT/summary.json)
 # Logs, the run's summary/config/metrics and the probe's metrics.json go to OUT/logs.tar.gz: the device
 # tool returns at most 8 files from OUT, so OUT holds 5 and no folder.
 #
@@ -45,7 +47,8 @@ if [[ $DRY == 1 ]]; then
     MODE=dry
     BUDGET=${GEOSSL_SUITE_BUDGET_S:-600}     # not binding: dry stages take seconds
     T_ENV=120 T_STEP=120 T_COMPILE=120 T_SIZE=180 T_PROBE=180
-    TRAIN_TARGET=8 PROBE_RESERVE=0
+    TRAIN_TARGET=8 PROBE_RESERVE=0 FINETUNE_S=120
+    FINETUNE_EXTRA=(trainer.accelerator=cpu trainer.num_workers=0 optim.epochs=1 optim.batch_size=16)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     STEP_EXTRA=(--quick)                       # gpu_step's tiny CPU model, same flags otherwise
     SIZE_EXTRA=(--steps 6 --skip 2 --min-s 4 --startup-s 0)
@@ -58,7 +61,9 @@ else
     MODE=gpu
     BUDGET=${GEOSSL_SUITE_BUDGET_S:-480}     # 8 minutes, start to last line
     T_ENV=90 T_STEP=100 T_COMPILE=180 T_SIZE=120 T_PROBE=150
-    TRAIN_TARGET=300 PROBE_RESERVE=90          # probe ~50 s on the H200 estimate, plus JSON and packing
+    TRAIN_TARGET=210 PROBE_RESERVE=90          # probe ~50 s on the H200 estimate, plus JSON and packing
+    FINETUNE_S=120                             # the fine-tune stage's share, kept out of the pretraining's
+    FINETUNE_EXTRA=()
     STEP_EXTRA=(--steps 20 --warmup 5 --probe 5)
     SIZE_EXTRA=(--steps 40 --skip 10)
     RECIPE=()
@@ -139,7 +144,7 @@ else
         "$PYTHON" bench/gpu_suite.py dry-splits --data "$DATA/eurosat-rgb" --out "$WORK/dry_splits.csv" >&2
         PROBE_SPLITS=(--splits "$WORK/dry_splits.csv")
     fi
-    AVAILABLE=$(( $(left) - PROBE_RESERVE ))
+    AVAILABLE=$(( $(left) - PROBE_RESERVE - FINETUNE_S ))
     if stage size "$(clamp "$AVAILABLE" 60 "$T_SIZE")" "$PYTHON" bench/gpu_suite.py size --config "$CONFIG" \
         --out "$WORK/sizing.json" --overrides-out "$WORK/overrides.txt" --target-s "$TRAIN_TARGET" \
         --available-s "$AVAILABLE" "${SIZE_EXTRA[@]}" -- "${RECIPE[@]}"; then
@@ -161,6 +166,14 @@ else
                 "${PROBE_SPLITS[@]}" "${PROBE_EXTRA[@]}"
             for f in metrics.json confusion.csv confusion.png; do
                 [[ -f $WORK/probe/$f ]] && cp "$WORK/probe/$f" "$LOGS/artifacts/probe_$f"
+            done
+            LIMIT=$FINETUNE_S
+            [[ $MODE == gpu ]] && LIMIT=$(clamp $(( $(left) - 20 )) 30 "$FINETUNE_S")
+            stage finetune "$LIMIT" "$PYTHON" -m geossl.cli finetune --encoder "$WORK/run/encoder" \
+                --data "$DATA/eurosat-rgb" --out "$WORK/finetune" --baselines none --config configs/finetune_gpu.yaml \
+                "${PROBE_SPLITS[@]}" "${FINETUNE_EXTRA[@]}"
+            for f in metrics.json confusion.png curves.png; do
+                [[ -f $WORK/finetune/$f ]] && cp "$WORK/finetune/$f" "$LOGS/artifacts/finetune_$f"
             done
         fi
     fi

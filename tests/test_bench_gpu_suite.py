@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_FILES = {"env.json", "gpu_step.json", "quality.json", "summary.json", "logs.tar.gz"}
-STAGES = ["env", "step_vits16_eager", "step_vits16_compiled", "step_vits8_eager", "size", "pretrain", "probe"]
+STAGES = ["env", "step_vits16_eager", "step_vits16_compiled", "step_vits8_eager", "size", "pretrain", "probe", "finetune"]
 
 
 def prepare(shared_data: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -114,7 +114,8 @@ def test_dry_step_parts(dry: tuple[Path, dict[str, Any]]) -> None:
 def test_dry_quality_run(dry: tuple[Path, dict[str, Any]], carry: Path) -> None:
     q = read(dry[0], "quality.json")
     assert q["mode"] == "dry" and q["data"] == str(carry) and q["machine"].startswith("CPU")
-    assert q["stages"] == {"size": "ok", "pretrain": "ok", "probe": "ok"}
+    assert q["stages"] == {"size": "ok", "pretrain": "ok", "probe": "ok", "finetune": "ok"}
+    assert q["finetune"]["test_count"] == 100 and 0.0 <= q["finetune"]["top1"] <= 1.0 and q["finetune"]["steps"] > 0
     assert q["sizing"]["n_train"] == 300  # the carried train split, read through GEOSSL_DATA
     assert q["sizing"]["measured_img_per_s"] > 0 and q["sizing"]["epochs"] >= 2
     assert q["pretrain_status"] == "finished" and q["steps"] == q["planned_steps"] > 0 and q["schedule_completed"]

@@ -42,13 +42,17 @@ def test_demo_pretrain_probe_classify(shared_data, tmp_path, capsys):
     splits = small_splits(shared_data, tmp_path / "splits.csv", {"train": 20, "val": 5, "test": 10})
     run = tmp_path / "demo"
     rc = main(["demo", "--run-dir", str(run), "--data", str(shared_data), "--splits", str(splits),
-               "--labels-per-class", "5,all", "--seeds", "1", *TINY])
+               "--labels-per-class", "5,all", "--seeds", "1", "--finetune-epochs", "2", *TINY])
     assert rc == 0
     summary = json.loads((run / "summary.json").read_text())
     err = capsys.readouterr().err
     # the one-line summary shows the encoder beside both baselines and states the gain over the best one
     (line,) = [ln for ln in err.splitlines() if ln.startswith("geossl demo: pretrained")]
     assert "encoder" in line and "band statistics" in line and "random init" in line and "vs best baseline" in line
+    assert "fine-tuned end to end" in line
+    tuned = json.loads((run / "finetune/metrics.json").read_text())
+    assert summary["finetuned_top1"] == tuned["top1"] and tuned["test_count"] == 100
+    assert (run / "finetune/model/head.json").is_file()
 
     # pretraining wrote its artefacts
     for name in ("encoder/model.safetensors", "encoder/geossl.json", "curves.png", "checkpoints/last.ckpt",
@@ -79,5 +83,5 @@ def test_demo_pretrain_probe_classify(shared_data, tmp_path, capsys):
     # running it again reuses every finished step instead of overwriting
     before = (run / "pretrain/encoder/model.safetensors").read_bytes()
     assert main(["demo", "--run-dir", str(run), "--data", str(shared_data), "--splits", str(splits),
-                 "--labels-per-class", "5,all", "--seeds", "1", *TINY]) == 0
+                 "--labels-per-class", "5,all", "--seeds", "1", "--finetune-epochs", "2", *TINY]) == 0
     assert (run / "pretrain/encoder/model.safetensors").read_bytes() == before

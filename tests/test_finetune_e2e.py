@@ -140,3 +140,21 @@ def test_finetune_from_geodata_points(encoder, shared_data, tmp_path):
         baselines="frozen"))
     assert m["labels"]["split"]["mode"] == "random" and m["test_count"] > 0
     assert (tmp_path / "ft" / "chips.csv").is_file() and load_landcover_model(tmp_path / "ft" / "model").meta.in_chans == 13
+
+
+def test_starting_from_a_probe_model_keeps_its_head(encoder, small_splits, shared_data, tmp_path):
+    """LP-FT: a land-cover model folder as --encoder starts from its linear head (and its feature recipe); with a
+    learning rate of ~0 the fine-tuned model predicts exactly what the probe did."""
+    from geossl.probe.run import ProbeOptions, run_probe
+
+    probe = run_probe(ProbeOptions(encoder=str(encoder), data=shared_data / "eurosat-rgb", splits=small_splits,
+                                   out=tmp_path / "probe", features="cls_avgpool", weight_decays=[1e-3], max_iter=30,
+                                   workers=0, random_baseline=False))
+    m = run_finetune(_opts(tmp_path / "probe" / "model", tmp_path / "ft", shared_data / "eurosat-rgb", small_splits,
+                           ["optim.epochs=1", "optim.lr=1e-12", "optim.min_lr=0", "model.drop_path_rate=0"],
+                           baselines="none"))
+    assert m["head_start"] == "probe head (LP-FT)" and m["features"] == "cls_avgpool"
+    assert m["top1"] == probe["linear_top1"]
+    fresh = run_finetune(_opts(tmp_path / "probe" / "model", tmp_path / "ft2", shared_data / "eurosat-rgb",
+                               small_splits, ["optim.epochs=1", "model.init_head=false"], baselines="none"))
+    assert fresh["head_start"] == "new"

@@ -15,7 +15,7 @@ from geossl.config import apply_override, merge_into, parse_override, read_yaml_
 from geossl.config_checks import ConfigError
 
 MODES = ("full", "last_n", "lora")
-HEAD_FEATURES = ("cls", "cls_avgpool")  # geossl.models.encoder recipes cheap enough to train through
+HEAD_FEATURES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 
 
 @dataclass
@@ -25,7 +25,11 @@ class FinetuneModelConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    features: str = "cls_avgpool"  # what the head reads: the final CLS, or CLS + mean patch token
+    features: str = "cls_avgpool"  # what the head reads (geossl.models.encoder recipes)
+    # Start from the linear head of a land-cover model folder given as --encoder (geossl probe's model/), when
+    # its classes are the data's: linear probing then fine-tuning (LP-FT, Kumar et al. 2022). The head then
+    # reads that model's feature recipe, and training starts at the probe's accuracy instead of chance.
+    init_head: bool = True
     drop_path_rate: float = 0.1
 
 

@@ -9,6 +9,7 @@ export, so a fine-tuned model folder is plain timm + safetensors like any other.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,18 @@ LORA_TARGETS = r".*blocks\.\d+\.attn\.(qkv|proj)"  # attention projections only:
 class ClassifierNet(nn.Module):
     """Raw pixels (B, C, H, W) -> logits (B, K) through ``encoder.features(x, features)`` and a linear head."""
 
-    def __init__(self, encoder: Encoder, num_classes: int, features: str) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int, features: str, head: LinearHead | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.features = features
-        self.head = LinearHead(encoder.feature_dim(features), num_classes)
-        nn.init.trunc_normal_(self.head.linear.weight, std=0.01)  # small start: the encoder's features lead
-        nn.init.zeros_(self.head.linear.bias)
+        if head is None:
+            head = LinearHead(encoder.feature_dim(features), num_classes)
+            nn.init.trunc_normal_(head.linear.weight, std=0.01)  # small start: the encoder's features lead
+            nn.init.zeros_(head.linear.bias)
+        if head.in_features != encoder.feature_dim(features) or head.num_classes != num_classes:
+            raise ValueError(f"head of {head.in_features} features x {head.num_classes} classes does not fit "
+                             f"{features!r} ({encoder.feature_dim(features)}) and {num_classes} classes")
+        self.head = head
         self.lora = False
 
     def forward(self, x_raw: torch.Tensor) -> torch.Tensor:
@@ -61,6 +67,21 @@ def trainable_encoder(path: str, drop_path_rate: float, seed: int) -> Encoder:
     encoder = Encoder(backbone, meta)
     encoder.train()
     return encoder
+
+
+def probe_head(folder: str, classes: list[str]) -> tuple[LinearHead, str] | None:
+    """(the linear head, its feature recipe) of a land-cover model folder whose classes are ``classes``;
+    None for a plain encoder folder. Another class list is one line saying the head is not reused."""
+    from geossl.models.landcover import HEAD_META, load_landcover_model
+
+    if folder.startswith("random:") or not (Path(folder) / HEAD_META).is_file():
+        return None
+    model = load_landcover_model(Path(folder))
+    if model.classes != list(classes) or not isinstance(model.head, LinearHead):
+        print(f"geossl finetune: {folder}: its head ({len(model.classes)} classes) does not match the data's "
+              f"{len(classes)} classes; starting a new head", file=sys.stderr)
+        return None
+    return model.head, model.feature_recipe
 
 
 def apply_mode(net: ClassifierNet, mode: str, last_n: int = 2, lora_rank: int = 8, lora_alpha: float = 16.0,

@@ -34,7 +34,7 @@ from geossl.dino.data import steps_per_epoch
 from geossl.dino.run_folder import RunLock, check_writable, clean_partial_files
 from geossl.finetune.config import FinetuneConfig
 from geossl.finetune.module import FinetuneDataModule, FinetuneModule, prepared
-from geossl.finetune.network import ClassifierNet, apply_mode, export_model, trainable_encoder
+from geossl.finetune.network import ClassifierNet, apply_mode, export_model, probe_head, trainable_encoder
 from geossl.finetune.report import evaluate_model, plot_finetune_curves, summary_line
 from geossl.io import atomic_write_json, atomic_write_text
 from geossl.labels.options import LabelOptions
@@ -146,8 +146,10 @@ def _run_locked(opts: FinetuneOptions, out: Path) -> dict[str, Any]:
     encoder = trainable_encoder(opts.encoder, cfg.model.drop_path_rate, cfg.seed)
     if encoder.meta.in_chans != bands:
         raise ValueError(f"{opts.encoder}: the encoder reads {encoder.meta.in_chans} bands, the data has {bands}")
-    net = ClassifierNet(encoder, len(table.classes), cfg.model.features)
     m = cfg.model
+    start_head = probe_head(opts.encoder, table.classes) if m.init_head else None
+    features = start_head[1] if start_head else m.features
+    net = ClassifierNet(encoder, len(table.classes), features, start_head[0] if start_head else None)
     apply_mode(net, m.mode, m.last_n, m.lora_rank, m.lora_alpha, m.lora_dropout)
     per_epoch = steps_per_epoch(len(train), cfg.optim.batch_size, 1)
     train_labels = torch.from_numpy(table.labels[table.indices("train")])
@@ -182,6 +184,7 @@ def _run_locked(opts: FinetuneOptions, out: Path) -> dict[str, Any]:
     metrics = evaluate_model(model_dir, out, table)
     metrics.update({
         "encoder": opts.encoder, "mode": m.mode, "labels_per_class": opts.labels_per_class, "chosen": chosen,
+        "head_start": "probe head (LP-FT)" if start_head else "new", "features": features,
         "steps": int(trainer.global_step), "epochs": round(trainer.global_step / per_epoch, 3),
         "resumed_from": str(resume) if resume else None, "val_curve": module.history,
         "skipped_files": bad.report(), "config": cfg.to_dict(), "counts": table.counts(),
