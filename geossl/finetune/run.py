@@ -243,7 +243,8 @@ def _choose_best(module: FinetuneModule, data: FinetuneDataModule, best: ModelCh
     final = val_top1(module.net, data.val_dataloader())
     score = best.best_model_score
     path = best.best_model_path
-    if score is not None and path and Path(path).is_file() and float(score) > final:
+    # the logged score went through float32: a tie with the final weights must not look like a win
+    if score is not None and path and Path(path).is_file() and float(score) > final + 1e-6:
         state = load_checkpoint_file(Path(path))["state_dict"]
         module.load_state_dict(state, strict=True)
         return {"which": "best-on-val", "val_top1": float(score), "final_val_top1": final, "checkpoint": path}
