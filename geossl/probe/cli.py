@@ -14,6 +14,8 @@ from geossl.settings import data_root
 FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # geossl.probe.linear.DEFAULT_WEIGHT_DECAYS
 DEFAULT_DENSE_TOKENS = 16  # geossl.probe.dense.DEFAULT_TOKENS_PER_PATCH
+DEFAULT_ATTENTIVE_EPOCHS = 10  # geossl.probe.attentive.DEFAULT_EPOCHS
+DEFAULT_ATTENTIVE_LRS = (1e-3, 3e-3)  # geossl.probe.attentive.DEFAULT_LRS
 PROBE_OUTPUTS = ("metrics.json", "model")  # what marks a folder as holding a finished (or half-written) probe
 
 
@@ -122,6 +124,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense-tokens", type=int, default=DEFAULT_DENSE_TOKENS, metavar="N",
                         help="--dense: tokens drawn (seeded) per train/val patch to fit on (default 16; 0 = all); "
                              "every test token is scored")
+    parser.add_argument("--head", choices=("linear", "attentive"), default="linear",
+                        help="the saved model's head: linear (default) or attentive (a learned query "
+                             "cross-attending over the last block's CLS + patch tokens, then LayerNorm + Linear; "
+                             "fitted besides the linear and k-NN probes, which are still reported)")
+    parser.add_argument("--attentive-epochs", type=int, default=DEFAULT_ATTENTIVE_EPOCHS, metavar="N",
+                        help=f"--head attentive: training epochs (default {DEFAULT_ATTENTIVE_EPOCHS})")
+    parser.add_argument("--attentive-lrs", type=parse_floats, default=list(DEFAULT_ATTENTIVE_LRS), metavar="LIST",
+                        help="--head attentive: AdamW learning rates swept, chosen on val "
+                             f"(default {','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_LRS)})")
     parser.add_argument("--no-random-baseline", action="store_true",
                         help="skip the random-init baseline (the band-statistics baseline always runs)")
     parser.add_argument("--overwrite", action="store_true",
@@ -157,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.dense_tokens < 0:
         raise ValueError(f"--dense-tokens must be >= 0 (0 = all tokens), got {args.dense_tokens}")
+    if args.attentive_epochs < 1:
+        raise ValueError(f"--attentive-epochs must be >= 1, got {args.attentive_epochs}")
+    if min(args.attentive_lrs) <= 0:
+        raise ValueError(f"--attentive-lrs must be > 0, got {args.attentive_lrs}")
     # an earlier probe may be what a report or a map was made from; a folder holding only a feature cache
     # (an interrupted run) is reused. Checked before any feature is computed.
     check_outputs([args.out / name for name in PROBE_OUTPUTS], args.overwrite)
@@ -184,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         random_baseline=not args.no_random_baseline,
         dense=args.dense,
         dense_tokens=args.dense_tokens or None,
+        head=args.head,
+        attentive_epochs=args.attentive_epochs,
+        attentive_lrs=args.attentive_lrs,
     )
     metrics = run_probe(opts)
     print(summary_line(metrics))

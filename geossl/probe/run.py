@@ -3,7 +3,10 @@
 Everything the command writes lands in ``out``: ``metrics.json``, ``confusion.csv``/``.png`` (test split,
 linear head), ``splits.csv`` (the split used, for exact reruns), ``model/`` (a land-cover model for
 ``geossl classify``) and, with label budgets, ``label_efficiency.json``/``.png``. With ``--dense`` the model
-also holds a per-patch head (:mod:`geossl.probe.dense`) and metrics.json a ``dense`` section.
+also holds a per-patch head (:mod:`geossl.probe.dense`) and metrics.json a ``dense`` section. With
+``--head attentive`` an attentive head on the last block's tokens (:mod:`geossl.probe.attentive`) is fitted
+too and is the saved model's head; metrics.json keeps the linear / k-NN figures (and confusion.csv/.png
+stay the linear head's) and adds an ``attentive`` section.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from geossl.evaluation.knn import knn_predict
 from geossl.io import atomic_write_json
 from geossl.labels.options import LabelOptions
 from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder, read_meta
-from geossl.models.landcover import save_landcover_model
+from geossl.models.landcover import TOKENS_RECIPE, save_landcover_model
+from geossl.probe.attentive import DEFAULT_EPOCHS as ATTENTIVE_EPOCHS
+from geossl.probe.attentive import DEFAULT_LRS as ATTENTIVE_LRS
+from geossl.probe.attentive import DEFAULT_WEIGHT_DECAY as ATTENTIVE_WEIGHT_DECAY
+from geossl.probe.attentive import fit_attentive_head
 from geossl.probe.baselines import BAND_STAT_NAMES, band_statistics_features, standardize
 from geossl.probe.features import SplitTable, cached_features, check_recipe, load_split_table
 from geossl.probe.linear import DEFAULT_WEIGHT_DECAYS, balanced_indices, fit_linear_probe, top1
@@ -56,6 +63,10 @@ class ProbeOptions:
     labels: LabelOptions | None = None  # labels as geodata over scenes: chips are cut into out/ (``data`` unused)
     dense: bool = False  # also fit a per-patch head on the patch tokens (geossl classify --dense)
     dense_tokens: int | None = 16  # tokens per train/val patch for that fit (None = all): bounds memory
+    head: str = "linear"  # the saved model's head: "linear" or "attentive" (see geossl.probe.attentive)
+    attentive_epochs: int = ATTENTIVE_EPOCHS
+    attentive_lrs: list[float] = field(default_factory=lambda: list(ATTENTIVE_LRS))  # swept, chosen on val
+    attentive_weight_decay: float = ATTENTIVE_WEIGHT_DECAY  # AdamW, on the weight matrices
 
 
 def resolve_device(name: str) -> str:
@@ -209,6 +220,8 @@ def label_efficiency(feats: list[Features], table: SplitTable, opts: ProbeOption
 def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     """Run the whole probe and write its outputs; returns the metrics written to ``metrics.json``."""
     t_start = time.perf_counter()
+    if opts.head not in ("linear", "attentive"):
+        raise ValueError(f"--head: expected linear or attentive, got {opts.head!r}")
     opts.device = resolve_device(opts.device)
     out = Path(opts.out)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
@@ -241,7 +254,15 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     summary = {"linear_top1": res["linear_top1"], "knn_top1": res["knn_top1"], "macro_f1": report["macro_f1"],
                "weight_decay": wd, "encoder": opts.encoder, "encoder_kind": kind, "data": table.source}
     dense_head, dense = _dense(encoder, table, cache_dir, opts)
-    model_dir = save_landcover_model(enc_dir, res["head"], table.classes, recipe, out / "model", summary,
+    att_head, attentive = _attentive(encoder, table, cache_dir, opts)
+    if attentive is not None:
+        att_cm = confusion_matrix(y_test, attentive.pop("test_logits").argmax(1).numpy(), len(table.classes))
+        att_report = per_class_report(att_cm, table.classes)
+        attentive = {**attentive, "macro_f1": att_report["macro_f1"], "per_class": att_report["per_class"]}
+        summary = {**summary, "head": "attentive", "attentive_top1": attentive["test_top1"],
+                   "attentive_lr": attentive["chosen"]["lr"], "attentive_epochs": attentive["epochs"]}
+    model_dir = save_landcover_model(enc_dir, res["head"] if att_head is None else att_head, table.classes,
+                                     recipe if att_head is None else TOKENS_RECIPE, out / "model", summary,
                                      dense_head, dense and {k: v for k, v in dense.items() if k != "linear"})
 
     t_base = time.perf_counter()
@@ -289,12 +310,16 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
                          "knn": round(res["knn_seconds"], 3), "baselines": round(t_base, 3),
                          "label_efficiency": round(time.perf_counter() - t_eff, 3) if efficiency else 0.0,
                          "dense": dense["seconds"] if dense else 0.0,
+                         "attentive": attentive["seconds"] if attentive else 0.0,
                          "total": round(time.perf_counter() - t_start, 3)},
     }
     if labels_report is not None:
         metrics["labels"] = labels_report
     if dense is not None:
         metrics["dense"] = dense
+    metrics["head"] = opts.head  # the head of the saved model
+    if attentive is not None:
+        metrics["attentive"] = attentive
     if efficiency is not None:
         metrics["label_efficiency"] = {
             name: dict(zip(map(str, efficiency["budgets"]), c["linear"]["mean"], strict=True))
@@ -316,6 +341,18 @@ def _dense(encoder: Encoder, table: SplitTable, cache_dir: Path,
                           workers=opts.workers, device=opts.device)
 
 
+def _attentive(encoder: Encoder, table: SplitTable, cache_dir: Path,
+               opts: ProbeOptions) -> tuple[Any, dict[str, Any] | None]:
+    """The attentive head and its metrics with ``--head attentive``, else (None, None): it costs an encoder pass."""
+    if opts.head == "linear":
+        return None, None
+    if opts.head != "attentive":
+        raise ValueError(f"--head: expected linear or attentive, got {opts.head!r}")
+    return fit_attentive_head(encoder, table, cache_dir, epochs=opts.attentive_epochs, lrs=opts.attentive_lrs,
+                              weight_decay=opts.attentive_weight_decay, batch_size=opts.batch_size,
+                              workers=opts.workers, seed=opts.seed, device=opts.device)
+
+
 def baselines_text(metrics: dict[str, Any]) -> str:
     """``band statistics 73.6 % / 61.0 %, random init ...; gain over the best baseline +x linear, +y k-NN``."""
     parts = [f"{name.replace('-', ' ')} {b['linear_top1']:.1%} / {b['knn_top1']:.1%}"
@@ -332,9 +369,12 @@ def summary_line(metrics: dict[str, Any]) -> str:
     dense = metrics.get("dense")
     dense_text = (f"; dense head: token top-1 {dense['test_top1']:.1%} (wd {dense['weight_decay']:g}, "
                   f"{dense['test_tokens']} test tokens)" if dense else "")
+    att = metrics.get("attentive")
+    att_text = (f"; attentive head: top-1 {att['test_top1']:.1%} (lr {att['chosen']['lr']:g}, {att['epochs']} epochs, "
+                f"{att['seconds']:.0f} s), the model's head" if att else "")
     return (
         f"probe ({metrics['encoder_kind']}, {metrics['feature_recipe']}): linear top-1 {metrics['linear_top1']:.1%} "
         f"(wd {metrics['linear']['chosen']['weight_decay']:g}), k-NN top-1 {metrics['knn_top1']:.1%} on {n} test "
-        f"{what}; {baselines_text(metrics)}{dense_text}; {metrics['wall_seconds']['total']:.0f} s; "
+        f"{what}; {baselines_text(metrics)}{dense_text}{att_text}; {metrics['wall_seconds']['total']:.0f} s; "
         f"model -> {metrics['model_dir']}"
     )
