@@ -77,7 +77,11 @@ def probe_head(folder: str, classes: list[str]) -> tuple[LinearHead, str] | None
     if folder.startswith("random:") or not (Path(folder) / HEAD_META).is_file():
         return None
     model = load_landcover_model(Path(folder))
-    if model.classes != list(classes) or not isinstance(model.head, LinearHead):
+    if not isinstance(model.head, LinearHead):
+        print(f"geossl finetune: {folder}: its head is not linear ({type(model.head).__name__}); starting a new "
+              "linear head", file=sys.stderr)
+        return None
+    if model.classes != list(classes):
         print(f"geossl finetune: {folder}: its head ({len(model.classes)} classes) does not match the data's "
               f"{len(classes)} classes; starting a new head", file=sys.stderr)
         return None
