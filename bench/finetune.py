@@ -60,8 +60,8 @@ def train_throughput(encoder: str, config: str | None, overrides: list[str], ste
 def run_one(args: argparse.Namespace, start: str, minutes: float, img_per_s: float, baselines: str,
             extra: list[str]) -> dict[str, Any]:
     epochs = minutes * 60 * img_per_s / TRAIN_IMAGES
-    out = args.out / f"{start.replace('random:', 'random-')}_{minutes:g}min".replace("/", "_")
-    encoder = f"random:{args.encoder}" if start == "random" else str(args.encoder)
+    out = args.out / f"{start}_{minutes:g}min"
+    encoder = {"random": f"random:{args.encoder}", "lpft": str(args.probe_model)}.get(start, str(args.encoder))
     cmd = [sys.executable, "-m", "geossl.cli", "finetune", "--encoder", encoder, "--out", str(out),
            "--data", str(args.data), "--baselines", baselines, "--overwrite",
            *(["--config", args.config] if args.config else []), *args.overrides, *extra,
@@ -88,10 +88,11 @@ def plot(rows: list[dict[str, Any]], baselines: dict[str, float], path: Path) ->
     from geossl.plotting import save_png
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for start, style in (("dino", "o-"), ("random", "s--")):
+    names = {"dino": "DINO start", "random": "random start", "lpft": "DINO start + probe head (LP-FT)"}
+    for start, style in (("dino", "o-"), ("random", "s--"), ("lpft", "^-")):
         pts = sorted((r["minutes"], 100 * r["test_top1"]) for r in rows if r["start"] == start)
         if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=f"fine-tuned, {'DINO' if start == 'dino' else 'random'} start")
+            ax.plot(*zip(*pts, strict=True), style, label=f"fine-tuned, {names[start]}")
     for (name, top1), color in zip(baselines.items(), ("C2", "C3", "C4", "C5"), strict=False):
         ax.axhline(100 * top1, color=color, ls=":", label=name.replace("-", " "))
     ax.set(xlabel="fine-tuning CPU-minutes (nominal, 2 cores)", ylabel="EuroSAT RGB test top-1 (%)",
@@ -104,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", type=Path, required=True)
     p.add_argument("--minutes", default="5,10,20,30")
-    p.add_argument("--starts", default="dino,random", help="dino (the encoder) and/or random (its architecture untrained)")
+    p.add_argument("--starts", default="dino,random",
+                   help="dino (the encoder), random (its architecture untrained), lpft (--probe-model)")
     p.add_argument("--runs", default=None, metavar="START:MIN,...",
                    help="explicit runs in this order, e.g. dino:10,dino:30,random:10 (default: every start x budget)")
     p.add_argument("--config", default="configs/finetune_demo.yaml")
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/finetune_bench"))
     p.add_argument("--img-per-s", type=float, default=None, help="skip the timing and use this throughput")
+    p.add_argument("--probe-model", type=Path, default=None,
+                   help="a geossl probe model folder of the encoder: start 'lpft' fine-tunes from it (its linear head)")
+    p.add_argument("--append", action="store_true", help="keep the runs already in OUT/finetune_bench.json")
     p.add_argument("--random-overrides", default="optim.layer_decay=1.0",
                    help="overrides for the random start (default: no layer-wise decay: random weights need no "
                         "protection)")
@@ -120,13 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     img_per_s = args.img_per_s or train_throughput(str(args.encoder), args.config, args.overrides)
     print(f"training throughput: {img_per_s:.1f} img/s", file=sys.stderr, flush=True)
-    rows, baselines = [], {}
+    rows: list[dict[str, Any]] = []
+    baselines: dict[str, float] = {}
+    if args.append and (args.out / "finetune_bench.json").is_file():
+        old = json.loads((args.out / "finetune_bench.json").read_text())
+        rows, baselines = old["runs"], old["baselines"]
     plan = ([(r.split(":")[0], float(r.split(":")[1])) for r in args.runs.split(",")] if args.runs else
             [(s, float(m)) for s in args.starts.split(",") for m in args.minutes.split(",")])
     probed: set[str] = set()
     for start, minutes in plan:
         extra = args.random_overrides.split() if start == "random" else []
-        row = run_one(args, start, minutes, img_per_s, "none" if start in probed else "frozen", extra)
+        probe_it = start not in probed and start != "lpft" and not any(r["start"] == start for r in rows)
+        row = run_one(args, start, minutes, img_per_s, "frozen" if probe_it else "none", extra)
         probed.add(start)
         for name, top1 in row["baselines"].items():
             baselines[name if start == "dino" or name == "band-statistics" else f"{name} (random init)"] = top1

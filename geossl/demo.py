@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
         ))
     print(summary_line(metrics), file=sys.stderr)
 
-    _step("3/4 fine-tune end to end on EuroSAT RGB from the probe's model (LP-FT; the classifier the map uses)")
-    tuned = _finetune(args, out / "model", root, run_dir / "finetune", cfg.seed)
+    _step("3/4 fine-tune the encoder end to end on EuroSAT RGB (the classifier the map uses)")
+    tuned = _finetune(args, encoder_dir, root, run_dir / "finetune", cfg.seed)
     if tuned.get("status") == "interrupted":
         print("fine-tuning was interrupted; run the same command again to resume", file=sys.stderr)
         return 143
@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace, encoder_dir: Path, root: Path, out: Path, seed: int) -> dict[str, Any]:
-    """The fine-tuned classifier, started from the probe's model folder (its encoder and linear head: linear
-    probing then fine-tuning), reused when ``out`` holds a finished one of that folder."""
+    """The fine-tuned classifier (a new head on the encoder), reused when ``out`` holds a finished one of it."""
     from geossl.finetune.config import load_finetune_config
     from geossl.finetune.run import FinetuneOptions, run_finetune
 

@@ -151,10 +151,11 @@ def test_starting_from_a_probe_model_keeps_its_head(encoder, small_splits, share
                                    out=tmp_path / "probe", features="cls_avgpool", weight_decays=[1e-3], max_iter=30,
                                    workers=0, random_baseline=False))
     m = run_finetune(_opts(tmp_path / "probe" / "model", tmp_path / "ft", shared_data / "eurosat-rgb", small_splits,
-                           ["optim.epochs=1", "optim.lr=1e-12", "optim.min_lr=0", "model.drop_path_rate=0"],
+                           ["optim.epochs=1", "optim.lr=1e-12", "optim.min_lr=0", "model.drop_path_rate=0",
+                            "model.init_head=true"],
                            baselines="none"))
     assert m["head_start"] == "probe head (LP-FT)" and m["features"] == "cls_avgpool"
     assert m["top1"] == probe["linear_top1"]
     fresh = run_finetune(_opts(tmp_path / "probe" / "model", tmp_path / "ft2", shared_data / "eurosat-rgb",
-                               small_splits, ["optim.epochs=1", "model.init_head=false"], baselines="none"))
+                               small_splits, ["optim.epochs=1"], baselines="none"))  # the default: a new head
     assert fresh["head_start"] == "new"
