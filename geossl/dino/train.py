@@ -197,7 +197,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     if cfg.trainer.compile:
         apply_compile(module)
 
-    status = _fit(trainer, module, PretrainDataModule(cfg, dataset, bad_files), ckpt, paths.checkpoint_dir)
+    status = fit_resumable(trainer, module, PretrainDataModule(cfg, dataset, bad_files), ckpt, paths.checkpoint_dir)
     if sigterm.saved_at is not None:
         status = "interrupted"
     summary: dict[str, Any] = {
@@ -255,13 +255,18 @@ def _build_trainer(cfg: Config, accelerator: str, run_dir: Path, callbacks: list
     )
 
 
-def _fit(trainer: L.Trainer, module: DINOModule, datamodule: PretrainDataModule, ckpt: Path | None,
-         checkpoint_dir: Path) -> str:
+def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                  ckpt: Path | None, checkpoint_dir: Path) -> str:
     """Run ``trainer.fit``; "finished" or "interrupted" (SIGTERM/SIGINT). A failed write (full disk,
-    read-only folder) is one line naming the folder; the newest complete checkpoint stays the resume point."""
+    read-only folder) is one line naming the folder; the newest complete checkpoint stays the resume point.
+
+    Lightning warnings that are not true of geossl runs are silenced: its loaders resume bitwise (the
+    ResumableSampler), and frozen or teacher modules are in eval mode on purpose."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         except SIGTERMException:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.data.patches import PatchDataset
 from geossl.dino.bad_files import BadFileMonitor, SkippingDataset
@@ -32,6 +30,7 @@ from geossl.dino.callbacks import FinalCheckpoint, SigtermCheckpoint
 from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from geossl.dino.data import steps_per_epoch
 from geossl.dino.run_folder import RunLock, check_writable, clean_partial_files
+from geossl.dino.train import fit_resumable
 from geossl.finetune.config import FinetuneConfig
 from geossl.finetune.module import FinetuneDataModule, FinetuneModule, prepared
 from geossl.finetune.network import ClassifierNet, apply_mode, export_model, probe_head, trainable_encoder
@@ -169,7 +168,7 @@ def _run_locked(opts: FinetuneOptions, out: Path) -> dict[str, Any]:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_steps))
     trainer = _trainer(cfg, out, callbacks, module.total_steps, per_epoch)
     data = FinetuneDataModule(cfg, train, val, bad, train_labels)
-    status = _fit(trainer, module, data, resume)
+    status = fit_resumable(trainer, module, data, resume, ckpt_dir)
     if sigterm.saved_at is not None or status == "interrupted":
         print(f"geossl finetune: interrupted at step {trainer.global_step}; run the same command again to resume",
               file=sys.stderr)
@@ -211,19 +210,6 @@ def _check_resume(out: Path, cfg: FinetuneConfig, opts: FinetuneOptions, resume:
             raise ValueError(f"{resume}: checkpoint was made with {key}={old[key]}, this run asks for {value}; "
                              "use the same settings to resume, or --overwrite / another --out to start afresh")
     print(f"geossl finetune: resuming from {resume}", file=sys.stderr)
-
-
-def _fit(trainer: L.Trainer, module: FinetuneModule, data: FinetuneDataModule, resume: Path | None) -> str:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-        warnings.filterwarnings("ignore", message=".*is not resumable.*")
-        warnings.filterwarnings("ignore", message=".*in eval mode.*")
-        try:
-            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
-        except SIGTERMException:
-            return "interrupted"
-    return "finished"
 
 
 @torch.no_grad()
