@@ -48,7 +48,8 @@ if [[ $DRY == 1 ]]; then
     BUDGET=${GEOSSL_SUITE_BUDGET_S:-600}     # not binding: dry stages take seconds
     T_ENV=120 T_STEP=120 T_COMPILE=120 T_SIZE=180 T_PROBE=180
     TRAIN_TARGET=8 PROBE_RESERVE=0 FINETUNE_S=120
-    FINETUNE_EXTRA=(trainer.accelerator=cpu trainer.num_workers=0 optim.epochs=1 optim.batch_size=16)
+    FINETUNE_EXTRA=(trainer.accelerator=cpu trainer.num_workers=0 optim.epochs=1 optim.warmup_epochs=0.2
+                    optim.batch_size=16)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     STEP_EXTRA=(--quick)                       # gpu_step's tiny CPU model, same flags otherwise
     SIZE_EXTRA=(--steps 6 --skip 2 --min-s 4 --startup-s 0)
