@@ -34,7 +34,21 @@ HEAD_META = "head.json"
 DENSE_WEIGHTS = "dense_head.safetensors"  # optional: the per-patch head of ``geossl probe --dense``
 
 
-class LinearHead(nn.Module):
+class _ClassifierHead(nn.Module):
+    """What every land-cover head ends in: a ``linear`` layer to the classes (its sizes are the head's)."""
+
+    linear: nn.Linear
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+
+class LinearHead(_ClassifierHead):
     """Standardise features with train-set statistics, then one Linear layer.
 
     Standardising inside the module (not in the data pipeline) means the saved head applies exactly
@@ -46,14 +60,6 @@ class LinearHead(nn.Module):
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("std", torch.ones(in_features))
         self.linear = nn.Linear(in_features, num_classes)
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
 
     def set_standardization(self, features: torch.Tensor) -> None:
         """Take mean/std from the train features (std floored so constant features do not blow up)."""
@@ -72,7 +78,7 @@ def default_num_heads(embed_dim: int) -> int:
     return n
 
 
-class AttentiveHead(nn.Module):
+class AttentiveHead(_ClassifierHead):
     """Attentive probe (V-JEPA / AIM): one learned query cross-attends over frozen tokens, then LayerNorm + Linear.
 
     Input: tokens (B, N, D), the encoder's last-block CLS + patch tokens (:func:`last_block_tokens`),
@@ -97,14 +103,6 @@ class AttentiveHead(nn.Module):
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(embed_dim)
         self.linear = nn.Linear(embed_dim, num_classes)
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
 
     @property
     def num_heads(self) -> int:
