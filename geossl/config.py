@@ -290,14 +290,20 @@ def apply_override(obj: Any, keys: list[str], value: Any, text: str) -> None:
     merge_into(obj, nested, "", f"override '{text}'")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
-    cfg = Config()
+def fill_config(cfg: Any, path: str | Path | None, overrides: list[str] | None, what: str = "config") -> Any:
+    """Any typed config (pretraining, fine-tuning): defaults in ``cfg``, then the YAML file, then ``key=value``
+    overrides, each strictly (the one loader every config goes through)."""
     if path is not None:
-        merge_into(cfg, read_yaml_mapping(path), "", str(path))
+        merge_into(cfg, read_yaml_mapping(path, what), "", str(path))
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(cfg, keys, value, text)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    cfg = fill_config(Config(), path, overrides)
     validate(cfg)
     resolve_data_root(cfg)
     return cfg

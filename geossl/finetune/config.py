@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geossl.config import apply_override, merge_into, parse_override, read_yaml_mapping
+from geossl.config import fill_config, merge_into
 from geossl.config_checks import ConfigError
 
 MODES = ("full", "last_n", "lora")
@@ -91,12 +91,7 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides; validated before anything runs."""
-    cfg = FinetuneConfig()
-    if path is not None:
-        merge_into(cfg, read_yaml_mapping(path, "fine-tuning config"), "", str(path))
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        apply_override(cfg, keys, value, text)
+    cfg = fill_config(FinetuneConfig(), path, overrides, "fine-tuning config")
     validate(cfg)
     return cfg
 
