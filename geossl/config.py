@@ -72,6 +72,7 @@ class HeadConfig:
     bottleneck_dim: int = 256
     n_layers: int = 3
     norm_last_layer: bool = False  # the best ViT-S runs used False
+    use_bn: bool = False  # BatchNorm (batch statistics) after each hidden layer of the head
     freeze_last_layer_epochs: float = 1.0  # student last layer gets no update for this long
     # iBOT patch tokens go through their own DINOHead (DINOv2's default) or through the DINO head
     # (iBOT's shared head). Only read when loss.ibot_weight > 0; same sizes as the DINO head.

@@ -108,7 +108,7 @@ class StudentTeacher(nn.Module):
         def make_head() -> DINOHead:
             return DINOHead(
                 embed_dim, cfg.head.out_dim, cfg.head.hidden_dim, cfg.head.bottleneck_dim,
-                cfg.head.n_layers, cfg.head.norm_last_layer,
+                cfg.head.n_layers, cfg.head.norm_last_layer, cfg.head.use_bn,
             )
 
         ibot = cfg.loss.ibot_weight > 0

@@ -33,6 +33,11 @@ class WeightNormLinear(nn.Module):
 class DINOHead(nn.Module):
     """MLP (d -> hidden -> hidden -> bottleneck, GELU), L2-normalise, weight-normalised Linear(bottleneck, K).
 
+    ``use_bn`` puts BatchNorm after each hidden layer (the original code's ``use_bn_in_head``, its
+    default for convnets). At random init every image's CLS embedding shares one large common
+    component, so without it the head's outputs differ little between images and the centred teacher
+    starts (and, in a short run, stays) near uniform; batch statistics take that component out.
+
     ``out_dim`` is K, the number of prototypes; the default recipe uses 3 layers, hidden 2048,
     bottleneck 256.
     """
@@ -45,6 +50,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         n_layers: int = 3,
         norm_last_layer: bool = False,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if n_layers < 1:
@@ -54,6 +60,10 @@ class DINOHead(nn.Module):
         for i in range(n_layers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
+                if use_bn:
+                    # Batch statistics always (no running buffers): the teacher runs in eval mode and its
+                    # parameters are an EMA, so running statistics would be neither tracked nor averaged.
+                    layers.append(nn.BatchNorm1d(dims[i + 1], track_running_stats=False))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
