@@ -95,3 +95,52 @@ def test_weight_norm_layer_keys_and_formula():
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), x @ w.T)
     torch.testing.assert_close(layer.weight.norm(dim=1), torch.ones(5))
+
+
+def test_head_batchnorm_matches_formula_and_uses_batch_statistics_in_eval_mode():
+    """head.use_bn: Linear -> BN (biased batch variance, eps 1e-5) -> GELU per hidden layer, also for the
+    eval-mode teacher (no running buffers that the EMA would not average)."""
+    from geossl.models.head import DINOHead
+
+    torch.manual_seed(0)
+    head = DINOHead(8, 16, hidden_dim=12, bottleneck_dim=6, n_layers=3, use_bn=True).eval()
+    with torch.no_grad():
+        for m in head.mlp:
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(10, 8)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in head.mlp if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2 and all(n.running_mean is None for n in norms)
+    h = x
+    for i, lin in enumerate(linears):
+        h = h @ lin.weight.T + lin.bias
+        if i < 2:
+            mean, var = h.mean(0), h.var(0, unbiased=False)
+            h = (h - mean) / torch.sqrt(var + 1e-5) * norms[i].weight + norms[i].bias
+            h = 0.5 * h * (1 + torch.erf(h / 2**0.5))
+    h = h / h.norm(dim=1, keepdim=True)
+    w = head.last_layer.weight_v / head.last_layer.weight_v.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(head(x), h @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_head_batchnorm_spreads_outputs_that_share_a_common_component():
+    """Why the option exists: embeddings = one large shared vector + small differences (a random-init
+    backbone) give a near-uniform centred teacher without BN and a sharper one with it."""
+    from geossl.models.head import DINOHead
+
+    torch.manual_seed(0)
+    x = 10 * torch.randn(1, 32) + 0.1 * torch.randn(256, 32)
+
+    def entropy(use_bn: bool) -> float:
+        torch.manual_seed(1)
+        head = DINOHead(32, 512, hidden_dim=64, bottleneck_dim=16, use_bn=use_bn).eval()
+        with torch.no_grad():
+            logits = head(x)
+        p = torch.softmax((logits - logits.mean(0)) / 0.04, dim=1)
+        return float(-(p * p.log()).sum(1).mean())
+
+    ln_k = float(torch.log(torch.tensor(512.0)))
+    assert entropy(False) > ln_k - 0.05
+    assert entropy(True) < ln_k - 1.0
