@@ -49,3 +49,13 @@ def test_learning_curve_snapshots_and_probes(shared_data: Path, tmp_path: Path, 
     png = run / "learning_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert json.loads((run / "learning_curve.json").read_text())["points"] == result["points"]
+    # the same command again trains and probes nothing more: the snapshots and probes on disk are reused
+    mtimes = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
+    assert curve.main(["--minutes", "0.03,0.06", "--run-dir", str(run), "--splits", str(splits), "--workers", "0",
+                       *tiny]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["points"] == result["points"] and again["complete"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == mtimes
+    # other marks into the same folder are refused rather than mixed into this curve
+    with pytest.raises(SystemExit, match="planned with other marks"):
+        curve.main(["--minutes", "0.03,0.09", "--run-dir", str(run), "--splits", str(splits), *tiny])
