@@ -55,7 +55,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(result.request, indent=2))
         print(f"dry run: nothing sent; would create {result.job_name} and upload {len(result.uploads)} files "
-              f"(code); checkpoints: {result.checkpoint_uri}", file=sys.stderr)
+              f"(code); checkpoints: {result.checkpoint_uri}; the role's permissions are checked at the real launch",
+              file=sys.stderr)
         return 0
     print_summary(result, resolve_aws(cfg).region)
     if args.wait and result.status != "Completed":

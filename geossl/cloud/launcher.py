@@ -9,9 +9,11 @@ answered locally, so it prints what would be sent and sends nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -265,6 +267,20 @@ class _Offline:
         return self._Http(), {}
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Any:
+    """Set one environment variable for the block, restoring what was there before."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def launch(
     cfg: JobConfig,
     *,
@@ -284,7 +300,11 @@ def launch(
     image_uri(cfg, aws.region)  # fail on an unknown version/region before any work
     import boto3  # after the cheap checks: a bad config never needs AWS libraries
 
-    boto_session = boto_session or boto3.Session(region_name=aws.region)
+    if boto_session is None:
+        # A dry run sends nothing, so it needs no credentials either: placeholder keys keep boto3 from
+        # looking for real ones (profile files, the EC2 instance metadata service) at all.
+        keys = {"aws_access_key_id": "DRYRUN", "aws_secret_access_key": "DRYRUN"} if dry_run else {}
+        boto_session = boto3.Session(region_name=aws.region, **keys)
     offline = None
     if dry_run:
         offline = _Offline(aws.bucket)
@@ -295,7 +315,10 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="geossl-sagemaker-src-") as tmp:
         staged = Path(tmp) / "source"
         config_rel = stage_source(source_root, training_config, staged)
-        trainer, inputs = build_trainer(cfg, aws, staged, config_rel, boto_session)
+        # The SDK checks the role's IAM policies and trust (GetRole, SimulatePrincipalPolicy) when the trainer
+        # is built; a dry run asks AWS nothing, so that check is left to the real launch.
+        with _environment("SAGEMAKER_VALIDATE_ROLE", "false") if dry_run else contextlib.nullcontext():
+            trainer, inputs = build_trainer(cfg, aws, staged, config_rel, boto_session)
         result = LaunchResult(job_name="", run_name=cfg.run_name, checkpoint_uri=checkpoint_uri(aws, cfg.run_name),
                               output_uri=run_uri(aws, cfg.run_name, "output"))
         if dry_run:
