@@ -246,16 +246,33 @@ def merge_into(obj: Any, values: dict[str, Any], prefix: str, source: str) -> No
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b=value`` (value parsed as YAML, so ``3``, ``1e-4``, ``[1,2]``, ``null`` work)."""
+    """Parse ``a.b=value`` (value parsed as YAML, so ``3``, ``1e-4``, ``[1,2]``, ``null`` work).
+
+    The value goes through the same loader as config files, so a ``!!python/object`` tag or an alias
+    bomb on a command line is the same one-line error naming the override, never a traceback."""
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key=value (e.g. optim.epochs=10)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip().split("."), ""
+    try:
+        value = _load_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': not a valid YAML value ({_yaml_problem(exc)})") from None
+    return key.strip().split("."), value
+
+
+MAX_YAML_VALUES = 100_000  # values in a document once its aliases are expanded; a real config has a few hundred
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key repeated in one mapping is an error: PyYAML keeps the last silently,
-    so a config that says two things (a second ``compute:`` section, ``epochs`` twice) would run one of them."""
+    so a config that says two things (a second ``compute:`` section, ``epochs`` twice) would run one of them.
+
+    And aliases may not expand a document beyond :data:`MAX_YAML_VALUES` values: PyYAML shares an aliased
+    node rather than copying it, so a "billion laughs" file loads in a millisecond, but every later step
+    that walks the config (type checks, ``asdict``, writing the run's config.yaml) expands it and runs out
+    of memory. Aliases used as intended (a few shared lists) stay far below the limit."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -268,16 +285,70 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node)
+        return self.construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values of the composed document as if every alias were copied (iteratively, memoised per
+    node, so the count itself costs one visit per node); too many, or an alias inside itself, is an error."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if not children_done:
+            if id(node) in open_nodes:
+                raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                                  node.start_mark)
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[id(node)] > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand it to more than {MAX_YAML_VALUES:,} values (an alias bomb?)",
+                node.start_mark)
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML text -> Python values, by :class:`_UniqueKeyLoader` (safe tags only, aliases bounded)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: PyYAML's own message spans several lines and quotes the source."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        what = "; ".join(str(part) for part in (exc.context, exc.problem) if part) or type(exc).__name__
+        mark = exc.problem_mark or exc.context_mark
+        return f"{what}, line {mark.line + 1} column {mark.column + 1}" if mark else what
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file whose top level is a mapping, with no key given twice; errors name the file."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        raw = _load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from geossl.config import ConfigError, load_config
@@ -58,3 +60,51 @@ def test_a_key_given_twice_is_an_error_naming_the_file_key_and_lines(tmp_path):
     section.write_text("optim:\n  epochs: 3\ndata:\n  batch_size: 8\noptim:\n  epochs: 5\n")
     with pytest.raises(ConfigError, match=r"key 'optim' appears twice .*lines 1 and 5"):
         load_config(section)
+
+
+BILLION_LAUGHS = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip([None, *"abcdefgh"], "abcdefghi", strict=True))
+
+
+def test_an_alias_bomb_is_one_line_naming_the_file_not_a_memory_error(tmp_path, capsys):
+    """9 levels of 9 aliases: 387 million values once expanded. PyYAML loads it in a millisecond (aliases
+    are shared) and the type checks then ran out of memory; now the expansion is counted and refused."""
+    from geossl.cli import main
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS + "data:\n  paths: *i\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml: not valid YAML \(aliases expand it to more than 100,000"):
+        load_config(bomb)
+    assert main(["pretrain", "--config", str(bomb), "--print-config"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"geossl pretrain: error: {bomb}: not valid YAML") and len(err.splitlines()) == 1
+    recursive = tmp_path / "recursive.yaml"
+    recursive.write_text("data:\n  paths: &p [x, *p]\n")
+    with pytest.raises(ConfigError, match=r"recursive.yaml: not valid YAML \(an alias refers to a node that contains it"):
+        load_config(recursive)
+
+
+def test_aliases_used_as_intended_still_load(tmp_path):
+    path = tmp_path / "shared.yaml"
+    path.write_text("data:\n  bands: &b [1, 2, 3]\n  paths: [a, b]\nmodel:\n  extra: {bands: *b}\n")
+    cfg = load_config(path)
+    assert cfg.data.bands == [1, 2, 3] and cfg.model.extra == {"bands": [1, 2, 3]}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=!!python/object/apply:os.system [echo hi]", "could not determine a constructor for the tag"),
+    ("data.bands=[1, 2", "expected ',' or ']'"),
+    ("data.bands=*nowhere", "found undefined alias"),
+    ("data.paths=" + BILLION_LAUGHS.replace("\n", ", ").join("{}"), "aliases expand it to more than"),
+])
+def test_a_hostile_override_is_one_line_naming_the_override(override, message, tmp_path, capsys):
+    from geossl.cli import main
+
+    with pytest.raises(ConfigError, match=r"override '.*': not a valid YAML value \(.*" + re.escape(message)):
+        load_config(None, [override])
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 1\n")
+    assert main(["pretrain", "--config", str(config), "--print-config", override]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"geossl pretrain: error: override '{override}'") and len(err.splitlines()) == 1

@@ -293,3 +293,72 @@ def test_extract_keeps_the_listed_subset_and_refuses_unsafe_paths(tmp_path):
     with pytest.raises(F.ChecksumError, match="unsafe member path"):
         F.extract(archive, src, tmp_path / "out3", None, progress=False)
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_a_zip_bomb_from_a_mirror_is_refused_before_anything_is_unpacked(serve, tmp_path, monkeypatch):
+    """A mirror's archive is verified by its content, so it used to be unpacked first: a small zip of
+    zeros unpacked in full before the content check refused it (#23). Its directory already says how
+    much it would unpack: more than the whole pinned dataset is refused, nothing is opened."""
+    server = serve()
+    files = tiny_files()
+    make_dataset(server, files, name="good")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel, data in files.items():
+            zf.writestr("2750/" + rel, data)
+        zf.writestr("2750/Forest/Forest_99.jpg", bytes(20_000_000))  # 20 MB of zeros, about 20 KB zipped
+    bomb = buf.getvalue()
+    assert len(bomb) < 400_000
+    ds = make_dataset(server, files, archive=bomb)
+
+    def no_unpacking(*args, **kwargs):
+        raise AssertionError("a member was opened for unpacking")
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", no_unpacking)
+    root = tmp_path / "data"
+    with pytest.raises(F.ChecksumError, match=rf"would unpack 20,[0-9,]+ bytes, more than the {ds.size:,} allowed "
+                                              rf"\(the whole dataset is {ds.size:,} bytes\); nothing was unpacked"):
+        F.fetch_dataset(ds, root, mirror=server.url, progress=False)
+    assert not (root / "tiny").exists() and leftovers(root) == []
+    assert not (root / F.DOWNLOADS / "tiny.zip").exists()  # deleted: the next run fetches afresh
+
+
+def test_extract_caps_entries_and_bytes_and_refuses_links_and_escapes(tmp_path, monkeypatch):
+    import stat
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in ("A/A_1.tif", "A/A_2.tif", "B/B_1.tif"):
+            zf.writestr("ds/" + rel, "0123456789")
+    src = F.Source("a.zip", "http://127.0.0.1/a.zip", "sha256:0", 0, strip="ds/")
+    F.extract(archive, src, tmp_path / "ok", None, progress=False)  # 3 entries, 30 bytes: within the caps
+    monkeypatch.setattr(F, "MAX_ARCHIVE_MEMBERS", 2)
+    with pytest.raises(F.ChecksumError, match=r"a.zip: 3 entries, more than the 2 allowed .*MAX_ARCHIVE_MEMBERS"):
+        F.extract(archive, src, tmp_path / "out1", None, progress=False)
+    monkeypatch.setattr(F, "MAX_ARCHIVE_MEMBERS", 100)
+    monkeypatch.setattr(F, "MAX_UNPACKED_BYTES", 25)
+    with pytest.raises(F.ChecksumError, match=r"would unpack 30 bytes, more than the 25 allowed .*MAX_UNPACKED_BYTES"):
+        F.extract(archive, src, tmp_path / "out2", None, progress=False)
+    F.extract(archive, src, tmp_path / "out3", {"A/A_1.tif", "B/B_1.tif"}, progress=False)  # 20 bytes kept
+    with pytest.raises(F.ChecksumError, match=r"more than the 15 allowed \(the whole dataset is 15 bytes\)"):
+        F.extract(archive, src, tmp_path / "out4", {"A/A_1.tif", "B/B_1.tif"}, progress=False, max_bytes=15)
+    assert not any((tmp_path / f"out{i}").exists() for i in (1, 2, 4))  # refused before anything was written
+
+    link = zipfile.ZipInfo("ds/A/link.tif")
+    link.create_system = 3  # Unix: the mode is in the high 16 bits
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(F.ChecksumError, match=r"member 'ds/A/link.tif' is a symbolic link"):
+        F.extract(archive, src, tmp_path / "out5", None, progress=False)
+
+    escape = tmp_path / "a2.zip"
+    with zipfile.ZipFile(escape, "w") as zf:
+        zf.writestr("ds/sub/evil.txt", "through a link in the target")
+    dest, outside = tmp_path / "out6", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "sub").symlink_to(outside)  # a path that resolves outside the target
+    with pytest.raises(F.ChecksumError, match="unsafe member path 'ds/sub/evil.txt'"):
+        F.extract(escape, src, dest, None, progress=False)
+    assert not (outside / "evil.txt").exists()

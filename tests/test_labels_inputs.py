@@ -3,6 +3,7 @@ the split helpers against reference formulas written here."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -155,6 +156,56 @@ def test_parse_class_names(tmp_path: Path) -> None:
         parse_class_names("x=Water")
     with pytest.raises(ValueError, match="no class name"):
         parse_class_names("3")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1=Water,1=Trees", "value 1 is named twice ('Water' and 'Trees')"),
+    ("1=Water,2=Water", "values 1 and 2 are both named 'Water'"),
+])
+def test_class_names_given_twice_are_refused(text: str, message: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Last-wins would silently mislabel a class (issue #23); a CSV says the same, naming the file."""
+    with pytest.raises(ValueError, match=re.escape(f"--class-names: {message}")):
+        parse_class_names(text)
+    table = tmp_path / "names.csv"
+    table.write_text("value,name\n" + text.replace(",", "\n").replace("=", ",") + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{table}: {message}")):
+        parse_class_names(str(table))
+    rc = main(["probe", "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "out"), "--label-raster",
+               str(tmp_path / "lc.tif"), "--scenes", str(tmp_path / "s.tif"), "--class-names", text])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith(f"geossl probe: error: --class-names: {message}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_self_intersecting_polygons_are_repaired_and_counted(encoder: Path, landsat: Path, tmp_path: Path) -> None:
+    """A bow-tie polygon (a digitising slip) made GEOS raise "TopologyException: side location conflict"
+    when chips were intersected with it; it is repaired with make_valid (two triangles), counted and
+    reported. A "polygon" with no area even once repaired is skipped and counted."""
+    with rasterio.open(landsat) as src:
+        valid = (src.read() != 0).all(axis=0)
+        centres = [(r, c) for r in range(150, 650, 70) for c in range(150, 650, 70)
+                   if valid[r - 25 : r + 25, c - 25 : c + 25].all()][:12]
+        crs, res = src.crs, src.res[0]
+        xy = [src.xy(r, c) for r, c in centres]
+    assert len(xy) == 12
+    half = 20 * res  # 40 px squares hold several 8 px chips
+    polygons = [shapely.box(x - half, y - half, x + half, y + half) for x, y in xy[1:]]
+    x, y = xy[0]
+    bowtie = shapely.Polygon([(x - half, y - half), (x + half, y + half), (x + half, y - half),
+                              (x - half, y + half), (x - half, y - half)])
+    flat = shapely.Polygon([(x, y), (x + half, y), (x + 2 * half, y), (x, y)])  # no area at all
+    assert not bowtie.is_valid and not flat.is_valid
+    labels = ["ab"[i % 2] for i in range(12)] + ["a"]
+    path = write(gpd.GeoDataFrame({"label": labels}, geometry=[bowtie, *polygons, flat], crs=crs),
+                 tmp_path / "labels.gpkg")
+    result = build_label_chips(LabelOptions(scenes=[str(landsat)], labels=path, chips_per_polygon=2,
+                                            fractions=(0.5, 0.25, 0.25)), read_meta(encoder), tmp_path / "out")
+    report = result.report
+    assert report["repaired_polygons"] == 1 and report["skipped"] == {"invalid_geometry": 1}
+    assert report["chips"] == 24
+    rows = gpd.read_file(tmp_path / "out" / "chips.gpkg")
+    assert (rows["source_row"] == 0).sum() == 2  # the bow-tie's chips: inside one of its two triangles
 
 
 def test_random_split_keeps_groups_whole_and_matches_a_stratified_split_of_groups() -> None:

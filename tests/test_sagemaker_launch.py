@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 import subprocess
@@ -186,6 +187,25 @@ def test_dry_run_prints_the_request_and_sends_nothing(aws_env, monkeypatch, caps
     assert "nothing sent" in err and "would create" in err
 
 
+def test_dry_run_as_the_readme_gives_it_needs_no_credentials_and_no_role_lookup(aws_env, monkeypatch, capsys):
+    """Regression: with the SDK's role validation on (its default) the dry run asked IAM for the role
+    (answered locally, so KeyError 'Role'), and without keys boto3 went looking for instance credentials."""
+    for name in ("SAGEMAKER_VALIDATE_ROLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    net = NetworkLog(monkeypatch)
+    code = geossl_main(["sagemaker", "launch", "--config", str(JOB_YAML), "--dry-run", *ACCOUNT,
+                        f"input.s3_uri=s3://{BUCKET}/eurosat/"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert net.hosts == []  # no instance-metadata lookup, no AWS endpoint
+    assert json.loads(out)["RoleArn"].startswith("arn:aws:iam::")
+    assert "checked at the real launch" in err
+    assert "SAGEMAKER_VALIDATE_ROLE" not in os.environ  # restored after the dry run
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("missing", "setting"), [("aws.region", "aws.region"), ("aws.role", "aws.role"),
@@ -220,6 +240,10 @@ def test_account_settings_come_from_the_environment():
     ("compute.instance_count=two", r"key 'compute.instance_count': expected int"),
     ("compute.instnce_type=ml.p3.2xlarge", r"unknown key 'compute.instnce_type'"),
     ("optimm.epochs=3", r"unknown key 'optimm' \(job keys: .*training keys: "),
+    ("aws.prefix=../../x", r"key 'aws.prefix' '../../x': '.' and '..' segments are not allowed"),
+    ("aws.prefix=team/./geossl", r"key 'aws.prefix' 'team/./geossl': '.' and '..' segments"),
+    ("aws.prefix=geossl\\..", r"key 'aws.prefix' .*'.' and '..' segments"),
+    ("aws.prefix=/abs/geossl", r"key 'aws.prefix' '/abs/geossl': must be relative to the bucket"),
 ])
 def test_bad_job_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -158,6 +158,7 @@ def validate_job_config(cfg: JobConfig) -> None:
     """Checks that need no AWS access: names, modes, limits, URIs."""
     src = cfg.source
     validate_run_name(cfg.run_name, src)
+    validate_prefix(cfg.aws.prefix, src)
     c = cfg.compute
     if c.instance_count < 1:
         raise ConfigError(f"{src}: key 'compute.instance_count' must be >= 1, got {c.instance_count}")
@@ -200,6 +201,19 @@ def validate_run_name(name: str, source: str = "config") -> None:
             f"{source}: key 'run_name' {name!r} is {len(name)} characters; at most {RUN_NAME_MAX} "
             f"(SageMaker job names are <= {JOB_NAME_MAX} and a {TIMESTAMP_SUFFIX_LEN}-character timestamp is added)"
         )
+
+
+def validate_prefix(prefix: str, source: str = "config") -> None:
+    """``aws.prefix`` is a relative key prefix: no leading '/', no '.' or '..' segments.
+
+    S3 keys are plain strings, so ``../../x`` would not climb anywhere in the bucket; but SageMaker's SDK,
+    local mode and anyone who syncs the run to disk treat keys as paths, where it escapes the run's folder
+    (or, for ``/x``, means a different place than the bucket-relative one the launcher writes to)."""
+    if prefix.startswith(("/", "\\")):
+        raise ConfigError(f"{source}: key 'aws.prefix' {prefix!r}: must be relative to the bucket (no leading '/')")
+    if any(part in (".", "..") for part in re.split(r"[/\\]", prefix)):
+        raise ConfigError(f"{source}: key 'aws.prefix' {prefix!r}: '.' and '..' segments are not allowed "
+                          "(a key prefix such as geossl or team/geossl)")
 
 
 def validate_job_name(name: str) -> None:

@@ -40,6 +40,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -58,6 +59,12 @@ ATTEMPTS = 4  # a body cut short is resumed (Range) this many times within one r
 TIMEOUT_S = 60
 CHUNK = 1 << 20
 USER_AGENT = "geossl-data-fetch/0.1 (python urllib)"
+# Archive limits, checked on the zip's directory before a byte is unpacked (a 1 MB zip can declare 1 GB):
+# entries in the directory (EuroSAT.zip and EuroSATallBands.zip hold about 27,000 each) and bytes unpacked
+# (EuroSAT RGB unpacks to 93 MB; of EuroSATallBands' 2.9 GB only the 820 listed patches, 88 MB, are). An
+# install is also held to its dataset's pinned size: more than that could never match the pinned content.
+MAX_ARCHIVE_MEMBERS = 200_000
+MAX_UNPACKED_BYTES = 10_000_000_000
 WHERE = ("the data root is $GEOSSL_DATA, else ../shared/data beside the checkout, else ./data; "
          f"or set {MIRROR_ENV} to a mirror")
 
@@ -270,7 +277,7 @@ def _install(ds: Dataset, root: Path, mirror: str | None, progress: bool) -> Non
                 if src.dest:
                     shutil.copyfile(path, tmp / src.dest)
                 else:
-                    extract(path, src, tmp, subset, progress)
+                    extract(path, src, tmp, subset, progress, max_bytes=ds.size)
             except ChecksumError:
                 path.unlink(missing_ok=True)
                 raise
@@ -399,26 +406,49 @@ def _reason(reason: object) -> str:
     return str(reason)
 
 
-def extract(archive: Path, src: Source, dest: Path, subset: set[str] | None, progress: bool = True) -> None:
-    """The zip's members under ``src.strip`` (those in ``subset`` when given) -> ``dest``, paths checked."""
+def extract(archive: Path, src: Source, dest: Path, subset: set[str] | None, progress: bool = True,
+            max_bytes: int | None = None) -> None:
+    """The zip's members under ``src.strip`` (those in ``subset`` when given) -> ``dest``, paths checked.
+
+    Everything is checked on the zip's directory before anything is unpacked, because a mirror's archive
+    is only verified by its content, which needs it unpacked: at most :data:`MAX_ARCHIVE_MEMBERS` entries,
+    at most :data:`MAX_UNPACKED_BYTES` (and ``max_bytes``, the dataset's size) to unpack, no symlink, no
+    path outside ``dest``. The declared sizes are a true bound: zipfile stops a member at its declared
+    size and fails its CRC if the data runs on."""
     from tqdm import tqdm
 
+    limit = MAX_UNPACKED_BYTES if max_bytes is None else min(MAX_UNPACKED_BYTES, max_bytes)
+    root = dest.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
+            entries = zf.infolist()
+            if len(entries) > MAX_ARCHIVE_MEMBERS:
+                raise ChecksumError(f"{archive}: {len(entries):,} entries, more than the {MAX_ARCHIVE_MEMBERS:,} "
+                                    "allowed (geossl.data.fetch.MAX_ARCHIVE_MEMBERS); nothing was unpacked")
             members = {}
-            for info in zf.infolist():
+            for info in entries:
                 rel = info.filename[len(src.strip):]
                 if info.is_dir() or not info.filename.startswith(src.strip):
                     continue
                 if subset is not None and rel not in subset:
                     continue
-                if rel.startswith("/") or "\\" in rel or ".." in rel.split("/"):
+                if (rel.startswith("/") or "\\" in rel or ".." in rel.split("/")
+                        or not (root / rel).resolve().is_relative_to(root)):
                     raise ChecksumError(f"{archive}: unsafe member path {info.filename!r}")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise ChecksumError(f"{archive}: member {info.filename!r} is a symbolic link; datasets hold "
+                                        "only regular files")
                 members[rel] = info
             if subset is not None and len(members) < len(subset):
                 absent = sorted(subset - members.keys())
                 raise ChecksumError(f"{archive}: {len(absent)} of the {len(subset)} listed files are not in "
                                     f"the archive under {src.strip!r} (e.g. {absent[0]})")
+            total = sum(info.file_size for info in members.values())
+            if total > limit:
+                why = (f"the whole dataset is {max_bytes:,} bytes" if limit == max_bytes
+                       else "geossl.data.fetch.MAX_UNPACKED_BYTES")
+                raise ChecksumError(f"{archive}: would unpack {total:,} bytes, more than the {limit:,} allowed "
+                                    f"({why}); nothing was unpacked")
             for rel, info in tqdm(members.items(), desc=f"extracting {src.name}", unit=" files",
                                   disable=not progress, file=sys.stderr, leave=False):
                 out = dest / rel

@@ -73,6 +73,8 @@ def _placement(opts: LabelOptions, catalog: SceneCatalog, tile: int, seed: int) 
     placed.skipped.update(layer.skipped)
     info = {"kind": layer.kind, "source": layer.source, "label_field": layer.label_field,
             "has_split_column": layer.has_split_column, "features": len(layer.frame)}
+    if layer.repaired:  # reported, so a user knows to fix the file: the repair may not be the shape meant
+        info["repaired_polygons"] = layer.repaired
     return placed, info
 
 
@@ -255,5 +257,7 @@ def summary_text(report: dict[str, Any]) -> str:
     split = report["split"]
     detail = (f" (blocks of {split['block_size_m']:g} m in {split['crs']})" if split["mode"] == "spatial" else "")
     chips = " / ".join(f"{k} {v}" for k, v in split["chips"].items())
+    repaired = (f"; {report['repaired_polygons']} invalid (self-intersecting) polygon(s) repaired"
+                if report.get("repaired_polygons") else "")
     return (f"labels: {report['labels']} {report['kind']} -> {report['chips']} chips from {report['scenes']['used']} "
-            f"scene(s); skipped {_skipped_text(report['skipped'])}; split {split['mode']}{detail}: {chips}")
+            f"scene(s); skipped {_skipped_text(report['skipped'])}{repaired}; split {split['mode']}{detail}: {chips}")

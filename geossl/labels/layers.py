@@ -4,7 +4,9 @@ geopandas (through pyogrio) reads every vector format users bring: GeoJSON, GeoP
 FlatGeobuf, GeoParquet. What this module adds is the checks a probe needs before any scene is opened,
 each a one-line error naming the file: a layer it can read, features in it, a CRS, a label field,
 geometry types a chip can be cut from (points, or polygons; not both in one layer). Features with no
-geometry or no label are skipped and counted, never fatal.
+geometry or no label are skipped and counted, never fatal. Invalid polygons (self-intersecting rings, a
+common digitising slip) are repaired with shapely's ``make_valid`` and counted, since GEOS refuses to
+intersect them with chip footprints; one with no area left after repair is skipped and counted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LabelLayer:
     label_field: str
     has_split_column: bool
     skipped: Counter[str] = field(default_factory=Counter)
+    repaired: int = 0  # invalid polygons (e.g. self-intersecting) repaired with shapely.make_valid
 
     @property
     def crs(self) -> Any:
@@ -119,9 +122,39 @@ def read_label_layer(path: str | Path, label_field: str | None = None, layer: st
     has_split = SPLIT_COLUMN in frame.columns and SPLIT_COLUMN != name
     split = _split_values(frame, path) if has_split else np.full(len(frame), "", dtype=object)
     out = frame[[frame.geometry.name, "row"]].assign(label=[_label_text(v) for v in frame[name]], split=split)
+    repaired = 0
     if kind == "points":
         out = out.explode(index_parts=False, ignore_index=True)
-    return LabelLayer(out.reset_index(drop=True), kind, str(path), name, has_split, skipped)
+    else:
+        out, repaired, unusable = _repair_polygons(out)
+        skipped["invalid_geometry"] = unusable
+        if len(out) == 0:
+            raise ValueError(f"{path}: every polygon is invalid and has no area once repaired")
+    return LabelLayer(out.reset_index(drop=True), kind, str(path), name, has_split, skipped, repaired)
+
+
+def _repair_polygons(frame: Any) -> tuple[Any, int, int]:
+    """(frame with invalid polygons made valid, how many were repaired, how many had no area left and were
+    dropped). Only the polygonal parts of a repair are kept: a bow-tie becomes two triangles, but the
+    stray lines ``make_valid`` may also return cannot hold a chip."""
+    import geopandas as gpd
+    import shapely
+
+    geoms = frame.geometry.to_numpy()
+    invalid = ~shapely.is_valid(geoms)
+    if not invalid.any():
+        return frame, 0, 0
+    fixed = geoms.copy()
+    for i in np.flatnonzero(invalid):
+        valid = shapely.make_valid(geoms[i])
+        if valid.geom_type not in POLYGON_TYPES:
+            parts = [g for g in shapely.get_parts(valid) if g.geom_type in POLYGON_TYPES]
+            valid = shapely.union_all(parts) if parts else shapely.Polygon()
+        fixed[i] = valid
+    usable = ~shapely.is_empty(fixed) & (shapely.area(fixed) > 0)
+    frame = frame.copy()
+    frame[frame.geometry.name] = gpd.GeoSeries(fixed, index=frame.index, crs=frame.crs)
+    return frame[usable], int((invalid & usable).sum()), int((~usable).sum())
 
 
 def _label_text(value: Any) -> str:

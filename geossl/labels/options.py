@@ -52,7 +52,13 @@ class LabelOptions:
 
 
 def parse_class_names(text: str | None) -> dict[int, str]:
-    """``"1=Water,2=Trees"`` or a ``value,name`` CSV file -> {1: "Water", 2: "Trees"}."""
+    """``"1=Water,2=Trees"`` or a ``value,name`` CSV file -> {1: "Water", 2: "Trees"}.
+
+    A value given twice is refused rather than resolved last-wins: ``1=Water,1=Trees`` is a typo for some
+    other value, and whichever name won, one class would be silently mislabelled. A name given to two
+    values is refused too: it would merge them under one label while ``--min-purity`` still counts them
+    as different classes, so the merged class would lose chips as "impure" without saying why.
+    """
     if not text:
         return {}
     path = Path(text)
@@ -74,7 +80,15 @@ def parse_class_names(text: str | None) -> dict[int, str]:
             key = int(str(value).strip())
         except ValueError:
             raise ValueError(f"{source}: expected VALUE=NAME pairs with integer values, got {value!r}") from None
-        if not str(name).strip():
+        label = str(name).strip()
+        if not label:
             raise ValueError(f"{source}: value {key} has no class name")
-        out[key] = str(name).strip()
+        if key in out:
+            raise ValueError(f"{source}: value {key} is named twice ({out[key]!r} and {label!r}); "
+                             "give each value once")
+        same = [k for k, v in out.items() if v == label]
+        if same:
+            raise ValueError(f"{source}: values {same[0]} and {key} are both named {label!r}; give each value "
+                             "its own name (merging classes is not supported: purity counts values)")
+        out[key] = label
     return out

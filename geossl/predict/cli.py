@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
 from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
@@ -25,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--mode", choices=("auto", "scene", "tiles"), default="auto",
                         help="treat inputs as scenes (maps) or tiles (one prediction each); auto: by size")
-    parser.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: the model's img_size)")
-    parser.add_argument("--stride", type=int, default=None, help="window step = map pixel size (default: tile size)")
+    parser.add_argument("--tile-size", type=positive_int, default=None, help="window size in pixels (default: the model's img_size)")
+    parser.add_argument("--stride", type=positive_int, default=None, help="window step = map pixel size (default: tile size)")
     parser.add_argument("--bands", default=None, help="1-based bands of the input to feed the model, in order, e.g. 1,2,3")
     parser.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
                         help="resample scenes to the model's gsd (default: when the model has a gsd and the "
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "patch size <= the tile (default: the tile); no tiles GeoJSON")
     parser.add_argument("--no-stac", action="store_true", help="skip the <scene>_classes.stac.json STAC Item")
     parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-check-stats", action="store_true",
@@ -72,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
     from geossl.predict.tiles import classify_tiles
 
     start = time.perf_counter()
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = pick_device(args.device)
     model = load_landcover_model(Path(args.model), device=device)
     if scenes_only_options(args) and args.mode == "tiles":

@@ -173,13 +173,16 @@ def embed_inputs(
     """Embed every tile file and every scene window of ``uris`` into the Parquet file ``out``."""
     start = time.perf_counter()
     out = Path(out)
+    meta, device = encoder.meta, model_device(encoder)
+    explicit_grid = tile_size is not None or stride is not None
+    # None, not 0, means "the default": a 0 from a caller is a mistake to name, not a request for img_size
+    tile = int(meta.img_size if tile_size is None else tile_size)
+    stride = int(tile if stride is None else stride)
+    if tile < 1 or stride < 1:
+        raise ValueError(f"tile size and stride must be >= 1, got {tile} and {stride}")
     ensure_out_dir(out.parent)
     check_outputs([out], overwrite)
-    meta, device = encoder.meta, model_device(encoder)
     dim = encoder.feature_dim(recipe)
-    explicit_grid = tile_size is not None or stride is not None
-    tile = int(tile_size or meta.img_size)
-    stride = int(stride or tile)
     scenes, tiles = split_inputs(list(uris), mode, tile, explicit_grid)
     skipped: list[str] = []
 

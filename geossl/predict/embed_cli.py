@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.cli import positive_int
 from geossl.models.encoder import FEATURE_RECIPES
 from geossl.predict.common import parse_bands, pick_device
 
@@ -18,13 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cls: final CLS token; cls_last4 / cls_avgpool: the probe feature recipes")
     parser.add_argument("--mode", choices=("auto", "scene", "tiles"), default="auto",
                         help="scenes are cut into a grid of windows; auto: files larger than a tile are scenes")
-    parser.add_argument("--tile-size", type=int, default=None, help="window size for scenes (default: img_size)")
-    parser.add_argument("--stride", type=int, default=None, help="window step for scenes (default: tile size)")
+    parser.add_argument("--tile-size", type=positive_int, default=None, help="window size for scenes (default: img_size)")
+    parser.add_argument("--stride", type=positive_int, default=None, help="window step for scenes (default: tile size)")
     parser.add_argument("--bands", default=None, help="1-based bands to feed the encoder, in order, e.g. 1,2,3")
     parser.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
                         help="resample scenes to the encoder's gsd (default: automatic when possible)")
     parser.add_argument("--min-valid", type=float, default=0.5, help="skip scene windows with fewer valid pixels")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-check-stats", action="store_true")

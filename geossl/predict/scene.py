@@ -193,8 +193,11 @@ def _window_sizes(model: LandCoverModel, tile_size: int | None, stride: int | No
     meta = model.meta
     if len(model.classes) > NODATA_CLASS:
         raise ValueError(f"{len(model.classes)} classes do not fit a uint8 map with nodata {NODATA_CLASS}")
-    tile = int(tile_size or meta.img_size)
-    stride = int(stride or tile)
+    # None, not 0, means "the default": a 0 from a caller is a mistake to name, not a request for img_size
+    tile = int(meta.img_size if tile_size is None else tile_size)
+    stride = int(tile if stride is None else stride)
+    if tile < 1:
+        raise ValueError(f"tile size must be >= 1, got {tile}")
     if tile < meta.patch_size or tile % meta.patch_size:
         raise ValueError(f"tile size {tile} must be a multiple of the model's patch size {meta.patch_size}")
     if stride < 1:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.labels.options import SPLIT_MODES, LabelOptions, parse_class_names
 from geossl.settings import data_root
@@ -105,16 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: OUT/cache)")
     parser.add_argument("--labels-per-class", type=parse_budgets, default=None, metavar="LIST",
                         help="label-efficiency curve, e.g. 5,10,50,100,all (pretrained vs random init)")
-    parser.add_argument("--seeds", type=int, default=3, help="subsets per label budget (default 3)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="subsets per label budget (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="split / subset / random-init seed")
-    parser.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
+    parser.add_argument("--k", type=positive_int, default=20, help="k-NN neighbours (default 20)")
     parser.add_argument("--temperature", type=float, default=0.07, help="k-NN temperature (default 0.07)")
     parser.add_argument("--weight-decays", type=parse_floats,
                         default=list(DEFAULT_WEIGHT_DECAYS), metavar="LIST",
                         help="L2 strengths swept for the linear head, chosen on val "
                              f"(default {','.join(f'{w:g}' for w in DEFAULT_WEIGHT_DECAYS)})")
-    parser.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per weight decay")
-    parser.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
+    parser.add_argument("--max-iter", type=positive_int, default=100, help="L-BFGS iterations per weight decay")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="feature-extraction batch size")
     parser.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                         help="data-loading worker processes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -128,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the saved model's head: linear (default) or attentive (a learned query "
                              "cross-attending over the last block's CLS + patch tokens, then LayerNorm + Linear; "
                              "fitted besides the linear and k-NN probes, which are still reported)")
-    parser.add_argument("--attentive-epochs", type=int, default=DEFAULT_ATTENTIVE_EPOCHS, metavar="N",
+    parser.add_argument("--attentive-epochs", type=positive_int, default=DEFAULT_ATTENTIVE_EPOCHS, metavar="N",
                         help=f"--head attentive: training epochs (default {DEFAULT_ATTENTIVE_EPOCHS})")
     parser.add_argument("--attentive-lrs", type=parse_floats, default=list(DEFAULT_ATTENTIVE_LRS), metavar="LIST",
                         help="--head attentive: AdamW learning rates swept, chosen on val "
@@ -164,12 +165,8 @@ def label_options(args: argparse.Namespace) -> LabelOptions | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.dense_tokens < 0:
         raise ValueError(f"--dense-tokens must be >= 0 (0 = all tokens), got {args.dense_tokens}")
-    if args.attentive_epochs < 1:
-        raise ValueError(f"--attentive-epochs must be >= 1, got {args.attentive_epochs}")
     if min(args.attentive_lrs) <= 0:
         raise ValueError(f"--attentive-lrs must be > 0, got {args.attentive_lrs}")
     # an earlier probe may be what a report or a map was made from; a folder holding only a feature cache

@@ -70,11 +70,11 @@ class ProbeOptions:
 
 
 def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA GPU is available on this machine")
-    return name
+    """``--device`` as a torch device string, checked by the one rule classify and embed use too
+    (:func:`geossl.predict.common.pick_device`), before the encoder is loaded or a feature extracted."""
+    from geossl.predict.common import pick_device
+
+    return str(pick_device(name))
 
 
 def resolve_encoder(spec: str, cache_dir: Path, seed: int) -> tuple[Encoder, Path, str]:
@@ -222,6 +222,9 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     t_start = time.perf_counter()
     if opts.head not in ("linear", "attentive"):
         raise ValueError(f"--head: expected linear or attentive, got {opts.head!r}")
+    for name in ("k", "max_iter", "seeds", "batch_size"):  # the CLI parses these as >= 1; the API checks here,
+        if getattr(opts, name) < 1:  # before any feature is extracted (max_iter 0 saved an untrained head)
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(opts, name)}")
     opts.device = resolve_device(opts.device)
     out = Path(opts.out)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
