@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.config import EvalConfig
+from geossl.dino.checkpoint import reopen_stopped_epoch
 
 log = logging.getLogger("geossl")
 
@@ -46,36 +47,46 @@ class MetricPrinter(HistoryCallback):
     marginal entropies, :mod:`geossl.dino.health`) as one unbuffered line; warns on collapse.
 
     Also the place where the (device-side) non-finite counter is read, so the hot path never syncs.
+
+    Throughput (``img_per_s``) is measured from the end of this process's first step: before that there is
+    no earlier time to measure from, and that step pays one-off costs (worker start-up, the first batches'
+    reads, compilation) that are not the run's speed. A line with nothing measured yet (step 1 of a fresh
+    run when every step is logged, or the first step after a resume that is logged) leaves the field out
+    rather than printing 0.0, which SageMaker's metric scraping and the benches would read as a measurement.
     """
 
     def __init__(self, every: int, collapse_std: float = 1e-3) -> None:
         self.every = max(1, every)
         self.collapse_std = collapse_std
-        self._last_time: float | None = None
+        self._last_time: float | None = None  # clock at the end of the last measured step of this process
         self._last_step = 0
         self.history: list[dict[str, float]] = []
 
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every != 0 and step != 1:
+        logged = step % self.every == 0 or step == 1
+        if not logged and self._last_time is not None:
             return
-        pl_module.check_finite()
+        pl_module.check_finite()  # reads a device counter: the step's work is done when the clock is read
         now = time.perf_counter()
-        images = 0.0
-        if self._last_time is not None:
+        images: float | None = None
+        if self._last_time is not None and step > self._last_step:
             steps = step - self._last_step
             images = steps * pl_module.cfg.data.batch_size * trainer.world_size / max(now - self._last_time, 1e-9)
         self._last_time, self._last_step = now, step
+        if not logged:  # the first step of this process: only the start of the clock
+            return
         monitors = {k: float(v) for k, v in pl_module.monitors.items()}
         if not trainer.is_global_zero or not monitors:
             return
+        speed = {} if images is None else {"img_per_s": images}
         record = {"step": step, "epoch": step / pl_module.steps_per_epoch, **monitors,
-                  "lr": pl_module.schedule_value("lr", step - 1), "img_per_s": images}
+                  "lr": pl_module.schedule_value("lr", step - 1), **speed}
         self.history.append(record)
         health = {k: monitors[k] for k in ("kl", "teacher_entropy", "marginal_entropy") if k in monitors}
-        print(metric_line(step=step, epoch=trainer.current_epoch, loss=monitors["loss"],
-                          lr=record["lr"], img_per_s=round(images, 1), **health), flush=True)
+        print(metric_line(step=step, epoch=trainer.current_epoch, loss=monitors["loss"], lr=record["lr"],
+                          **{k: round(v, 1) for k, v in speed.items()}, **health), flush=True)
         if monitors.get("teacher_std", 1.0) < self.collapse_std:
             msg = (f"COLLAPSE WARNING at step {step}: std of normalised teacher embeddings is "
                    f"{monitors['teacher_std']:.2e} (near 0 = every tile maps to the same point). "
@@ -87,7 +98,9 @@ class MetricPrinter(HistoryCallback):
 class SigtermCheckpoint(L.Callback):
     """On SIGTERM (SageMaker stop, spot interruption, a scheduler) or SIGINT (Ctrl-C) save ``last.ckpt`` at
     the next batch boundary and stop. SageMaker allows 120 s; one step plus one save fits easily.
-    A second Ctrl-C aborts at once (Python's default), for a user who does not want to wait."""
+    A second Ctrl-C aborts at once (Python's default), for a user who does not want to wait.
+    The DataLoader workers ignore both signals (:func:`geossl.dino.data.ignore_stop_signals`): a stop sent to
+    the whole process group (``timeout``, Slurm, systemd) must not kill the workers this one step needs."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -141,6 +154,20 @@ class SigtermCheckpoint(L.Callback):
             self.saved_at = trainer.global_step
             if trainer.is_global_zero:
                 print(f"geossl: SIGTERM received; checkpoint saved at step {trainer.global_step}, stopping", flush=True)
+
+
+class ResumeMidEpoch(L.Callback):
+    """Resume a checkpoint that ended part-way into an epoch (``trainer.max_steps``, ``max_minutes``) inside
+    that epoch, as the data sampler does, instead of at the next one: :func:`reopen_stopped_epoch`.
+
+    A callback's ``on_load_checkpoint`` runs after the module's ``setup`` (which knows the steps per epoch)
+    and before Lightning restores its loops from the same checkpoint dict, so the fix reaches the loops."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if reopen_stopped_epoch(checkpoint, pl_module.steps_per_epoch) and trainer.is_global_zero:
+            step = int(checkpoint["global_step"])
+            print(f"geossl: the checkpoint ended part-way into epoch {step // pl_module.steps_per_epoch} "
+                  f"(step {step}); resuming inside that epoch", file=sys.stderr, flush=True)
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):

@@ -113,3 +113,46 @@ def find_resume_checkpoint(directory: str | os.PathLike) -> Path | None:
         if best is None or key[:2] > best[:2]:
             best = key
     return best[2] if best else None
+
+
+def reopen_stopped_epoch(checkpoint: dict[str, Any], steps_per_epoch: int) -> bool:
+    """Make a checkpoint written after a stop part-way into an epoch resume that epoch; True if it changed.
+
+    geossl resumes from the global step: the :class:`~geossl.dino.data.ResumableSampler` replays exactly the
+    samples of the epoch not yet seen, and the schedules are functions of the step. When training ends
+    part-way into an epoch for a reason other than a stop signal (``trainer.max_steps``, ``max_minutes``),
+    Lightning closes the epoch before ``last.ckpt`` is written at the end of training, so its loop state says
+    the epoch is done. Resumed into a longer run (more epochs, no ``max_steps``), Lightning then started the
+    next epoch while the rest of the stopped one was never trained: 7 of 8 steps, reported "finished".
+
+    The epoch is reopened by rewriting the fit loop's progress to what a stop signal's ``last.ckpt`` holds at
+    that same step (saved at the step's end, before Lightning counts the batch and the epoch as complete),
+    the state that resumes bitwise. Only that exact shape is changed (the step is mid-epoch, the epoch and
+    every batch in it are counted complete); any other checkpoint is left alone.
+    """
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+    epoch, into = divmod(int(checkpoint.get("global_step", 0)), max(1, steps_per_epoch))
+    if not isinstance(fit_loop, dict) or into == 0:
+        return False
+    epochs = fit_loop.get("epoch_progress")
+    batches = fit_loop.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict):
+        return False
+    counters = ("ready", "started", "processed", "completed")
+
+    def closed(progress: dict[str, Any], count: int | None = None) -> bool:
+        values = {progress.get(name) for name in counters}
+        return len(values) == 1 and isinstance(progress.get("ready"), int) and count in (None, progress["ready"])
+
+    if not (closed(epochs.get("total", {})) and closed(epochs.get("current", {}), epoch + 1)
+            and closed(batches.get("total", {})) and closed(batches.get("current", {}), into)):
+        return False
+    for part in ("total", "current"):
+        epochs[part]["processed"] -= 1
+        epochs[part]["completed"] -= 1
+        batches[part]["completed"] -= 1
+    loop_state = fit_loop.get("epoch_loop.state_dict", {})
+    if isinstance(loop_state.get("_batches_that_stepped"), int):
+        loop_state["_batches_that_stepped"] -= 1
+    checkpoint["epoch"] = epoch
+    return True

@@ -241,14 +241,45 @@ class PretrainDataModule(L.LightningDataModule):
         )
 
 
-def init_worker(worker_id: int, rank: int) -> None:
-    """DataLoader workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and the
-    main process saves ``last.ckpt`` at the next step (it needs its workers for that); then Lightning's
-    own worker seeding, exactly as it would add it without a worker_init_fn."""
-    import os
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """The one rule for DataLoader worker processes of both ``geossl pretrain`` and ``geossl finetune``:
+    ignore SIGTERM and SIGINT, so that only the main process handles a stop.
+
+    A stop often reaches every process of the job, not just the main one: Ctrl-C in a terminal, ``timeout``,
+    Slurm's scancel and systemd's stop signal the whole process group. Workers that died of it made the main
+    process fail (``DataLoader worker (pid ...) is killed by signal: Terminated.``) before
+    :class:`~geossl.dino.callbacks.SigtermCheckpoint` could save ``last.ckpt``, losing every step since the
+    last periodic checkpoint; it needs its workers for the one batch it finishes before saving. Ignoring the
+    signals replaces torch's own worker SIGTERM handler too. Workers still end: the DataLoader shuts them
+    down when training stops (its done event and a ``None`` on each index queue, after the item a worker is
+    reading), and they exit by themselves when the main process is gone (torch's parent watchdog).
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _ignore_stop_signals_then(worker_init_fn: Callable[[int], None] | None, worker_id: int) -> None:
+    ignore_stop_signals(worker_id)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+
+
+def stop_safe_worker_init(worker_init_fn: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """A ``worker_init_fn`` that applies :func:`ignore_stop_signals` and then ``worker_init_fn`` (if any): for
+    loaders that Lightning does not build or seed (the health probe's). A partial of module-level
+    functions, so it pickles for the ``spawn`` and ``forkserver`` start methods too."""
+    return functools.partial(_ignore_stop_signals_then, worker_init_fn)
+
+
+def init_worker(worker_id: int, rank: int) -> None:
+    """The training loaders' ``worker_init_fn`` (pretraining and fine-tuning): :func:`ignore_stop_signals`,
+    then Lightning's own worker seeding, exactly as Lightning would add it without a worker_init_fn (it only
+    adds its own when there is none, so ours has to call it)."""
+    import os
+
+    ignore_stop_signals(worker_id)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from geossl.dino.callbacks import HistoryCallback, metric_line
+from geossl.dino.data import stop_safe_worker_init
 
 log = logging.getLogger("geossl")
 
@@ -226,8 +227,9 @@ class HealthMonitor(HistoryCallback):
         count = min(self.n_probe, n, max(1, PROBE_MAX_BYTES // (first.numel() * first.element_size())))
         chosen = order(self.seed, 0)[:count] if order else np.random.default_rng(self.seed).choice(n, count, False)
         indices = sorted(int(i) for i in chosen)
+        # its workers ignore a stop sent to the whole process group, as the training loader's do
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=64,
-                                             num_workers=self.num_workers)
+                                             num_workers=self.num_workers, worker_init_fn=stop_safe_worker_init())
         batches = list(loader)
         masks = [b.get("mask") for b in batches]
         return torch.cat([b["image"] for b in batches]), (None if any(m is None for m in masks) else torch.cat(masks))

@@ -32,6 +32,7 @@ from geossl.dino.callbacks import (
     FiniteModelCheckpoint,
     KNNMonitor,
     MetricPrinter,
+    ResumeMidEpoch,
     SigtermCheckpoint,
 )
 from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
@@ -184,7 +185,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
                               save_last=False, every_n_train_steps=cfg.trainer.checkpoint_every_steps,
                               auto_insert_metric_name=False, keep_last=cfg.trainer.keep_last,
                               keep_every=cfg.trainer.keep_every),
-        FinalCheckpoint(paths.checkpoint_dir),
+        FinalCheckpoint(paths.checkpoint_dir), ResumeMidEpoch(),
         *([knn] if knn else []), *user_callbacks,
     ]
     if cfg.trainer.progress_bar:
