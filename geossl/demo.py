@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geossl.cli import positive_int
 from geossl.config import load_config
 from geossl.io import atomic_write_json, read_json
 from geossl.settings import data_root
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/demo", help="where everything is written")
     parser.add_argument("--data", default=None, help="data root (default: $GEOSSL_DATA or ../shared/data)")
     parser.add_argument("--labels-per-class", default="5,10,50,100,all", help="label-efficiency budgets")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per label budget")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds per label budget")
     parser.add_argument("--splits", default=None,
                         help="a splits CSV (path,label,split) to probe on a subset (default: EuroSAT's splits.csv)")
     parser.add_argument("--finetune-config", default="configs/finetune_demo.yaml",

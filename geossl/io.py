@@ -1,8 +1,10 @@
-"""Atomic writes: a reader never sees a half-written file, and a crash never destroys the last good one."""
+"""Output rules shared by every command: atomic writes (a reader never sees a half-written file, a crash
+never destroys the last good one), no replacing without ``--overwrite``, one writer per folder."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -70,3 +72,48 @@ def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
     if existing and not overwrite:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} (pass --overwrite to replace)")
+
+
+class RunLock:
+    """An exclusive, non-blocking ``fcntl`` lock on ``FOLDER/.lock``, held while a command writes there.
+
+    A second command on the same folder (two ``pretrain`` runs, two ``classify`` runs with different
+    models) is refused instead of interleaving or replacing the first one's files. The kernel drops the
+    lock when the process dies (even ``kill -9``), so there is never a stale lock to clean by hand.
+    """
+
+    def __init__(self, run_dir: Path, what: str = "geossl pretrain", option: str = "--run-dir") -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.what = what  # named in the refusal: the command that holds the folder
+        self.option = option  # the flag that picks another folder, named in the refusal
+        self._handle: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(f"{self.path.parent}: another {self.what} ({owner}) is running in this folder; "
+                               f"wait for it to end or choose another {self.option}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -151,3 +151,20 @@ def test_cli_errors_are_one_line(shared_data: Path, models: dict[str, Path], tmp
     assert main(["classify", "--model", str(models["ms"]), "--input", ms, "--out", str(tmp_path / "o"), "--quiet"]) == 0
     capsys.readouterr()
     assert "already exist" in run("classify", "--model", str(models["ms"]), "--input", ms, "--out", str(tmp_path / "o"))
+
+
+def test_a_second_classify_into_a_folder_in_use_is_refused(shared_data: Path, models: dict[str, Path],
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): two classify runs into one --out both passed the existing-output check, and the
+    later one replaced the other's maps. The folder is now locked while a run writes it."""
+    from geossl.io import RunLock
+
+    out = tmp_path / "o"
+    ms = str(shared_data / MS_GLOB)
+    with RunLock(out, "geossl classify", "--out"):  # another classify holds the folder
+        assert main(["classify", "--model", str(models["ms"]), "--input", ms, "--out", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "another geossl classify" in err and "choose another --out" in err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    assert main(["classify", "--model", str(models["ms"]), "--input", ms, "--out", str(out), "--quiet"]) == 0
+    assert len(list(out.glob("*.csv"))) == 1  # the tiles table, written once the folder is free

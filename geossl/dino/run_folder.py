@@ -1,8 +1,6 @@
 """The pretraining run folder: one writer at a time, no leftovers, bounded checkpoints, logs kept across resumes.
 
-- :class:`RunLock`: an ``fcntl`` lock on ``RUN/.lock`` held for the whole run, so a second ``pretrain`` on
-  the same folder is refused instead of interleaving checkpoints. The kernel drops it when the process
-  dies (even ``kill -9``), so there is never a stale lock to clean by hand.
+- :class:`~geossl.io.RunLock` (re-exported here): an ``fcntl`` lock on ``RUN/.lock`` held for the whole run.
 - :func:`clean_partial_files`: temporary ``.*.partial`` files an atomic write left behind when the
   process died mid-write; never a resume point, removed at start.
 - :func:`check_writable`: a read-only folder or a full disk is one line naming the path, before any work.
@@ -16,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -27,6 +24,10 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from geossl.io import RunLock
+
+__all__ = ["RunLock", "check_writable", "clean_partial_files", "is_launching_process", "prune_checkpoints"]
+
 log = logging.getLogger("geossl")
 STEP_CHECKPOINT = re.compile(r"step-(\d+)\.ckpt$")
 
@@ -34,45 +35,6 @@ STEP_CHECKPOINT = re.compile(r"step-(\d+)\.ckpt$")
 def is_launching_process() -> bool:
     """True in the process that owns the run folder: not a DDP worker spawned by Lightning or torchrun."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
-
-
-class RunLock:
-    """An exclusive, non-blocking lock on ``RUN/.lock`` (see module docstring)."""
-
-    def __init__(self, run_dir: Path, what: str = "geossl pretrain") -> None:
-        self.path = Path(run_dir) / ".lock"
-        self.what = what  # named in the refusal: the command that holds the folder
-        self._handle: Any = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise RuntimeError(f"{self.path.parent}: another {self.what} ({owner}) is running in this folder; "
-                               "wait for it to end or choose another --run-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def clean_partial_files(*folders: Path) -> int:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.models.bands import NEW_BAND_POLICIES, parse_band_list
 from geossl.models.encoder import FEATURE_RECIPES, META_FILE, Encoder, export_encoder, load_encoder
@@ -46,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "--stats/--mean/--std then describe THESE bands")
     adapt.add_argument("--new-bands", choices=NEW_BAND_POLICIES, default="zero",
                        help="filters of bands the weights never saw: zero (output unchanged) or mean (default: zero)")
-    adapt.add_argument("--img-size", type=int, help="tile size the encoder expects (position embeddings resampled)")
-    adapt.add_argument("--patch-size", type=int, help="new patch size (patch embedding resampled, timm FlexiViT rule)")
+    adapt.add_argument("--img-size", type=positive_int, help="tile size the encoder expects (position embeddings resampled)")
+    adapt.add_argument("--patch-size", type=positive_int, help="new patch size (patch embedding resampled, timm FlexiViT rule)")
     parser.add_argument("--timm-kwargs", default="{}", help="extra timm arguments as JSON, e.g. '{\"depth\": 6}'")
     parser.add_argument("--gsd", type=float, help="metres per pixel of the imagery the weights were trained on")
     parser.add_argument("--feature-recipe", choices=FEATURE_RECIPES, help="default probe features")

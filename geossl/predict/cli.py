@@ -12,9 +12,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from geossl.cli import positive_int
-from geossl.io import check_outputs
+from geossl.io import RunLock, check_outputs
 from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
 from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
 
@@ -67,10 +68,7 @@ def scenes_only_options(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from geossl.models.landcover import load_landcover_model
-    from geossl.predict.common import output_stem
     from geossl.predict.rescale import check_rescale
-    from geossl.predict.scene import classify_scene, scene_outputs
-    from geossl.predict.tiles import classify_tiles
 
     start = time.perf_counter()
     device = pick_device(args.device)
@@ -85,6 +83,18 @@ def run(args: argparse.Namespace) -> int:
         tile_px = args.tile_size or model.meta.img_size
         check_dense(model, tile_px, args.stride or tile_px, args.model)
     out_dir = ensure_out_dir(args.out)
+    # One classify per folder at a time: two runs (say, with different models) would both pass the
+    # existing-output check and then replace each other's maps.
+    with RunLock(out_dir, "geossl classify", "--out"):
+        return _classify_into(args, model, device, out_dir, start)
+
+
+def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: Path, start: float) -> int:
+    """Plan the outputs, refuse existing ones unless --overwrite, classify tiles and scenes (folder locked)."""
+    from geossl.predict.common import output_stem
+    from geossl.predict.scene import classify_scene, scene_outputs
+    from geossl.predict.tiles import classify_tiles
+
     bands = parse_bands(args.bands)
     uris = image_inputs(args.input)
     tile = args.tile_size or model.meta.img_size
