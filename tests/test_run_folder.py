@@ -171,3 +171,28 @@ def test_a_file_in_two_splits_is_refused(tmp_path, capsys):
     for load in (lambda: PatchDataset(data, split="train"), lambda: load_split_table(data)):
         with pytest.raises(ValueError, match=r"splits\.csv: .*bright_0\.png is in both the 'train' and the 'test'"):
             load()
+
+
+def test_another_runs_checkpoint_and_export_folders_are_refused(tmp_path, patches):
+    """Regression (#23): --checkpoint-dir pointing at another run's checkpoints resumed that (finished) run
+    and rewrote its last.ckpt; --export-dir holding another run's encoder was overwritten."""
+    data, stats = patches
+    cfg = tiny_config(data, stats, ["optim.epochs=1"])
+    ckpts, model = tmp_path / "ckpts-a", tmp_path / "model-a"
+    first = pretrain(cfg, tmp_path / "run-a", checkpoint_dir=ckpts, export_dir=model)
+    assert first["status"] == "finished" and (ckpts / ".geossl-run").read_text().strip() == str(tmp_path / "run-a")
+    def files() -> dict[str, int]:  # everything but the lock file (rewritten with the pid of each holder)
+        return {p.name: p.stat().st_mtime_ns for p in [*ckpts.iterdir(), *model.iterdir()] if p.name != ".lock"}
+
+    before = files()
+    with pytest.raises(FileExistsError, match=r"--checkpoint-dir .*holds the checkpoints of .*run-a"):
+        pretrain(cfg, tmp_path / "run-b", checkpoint_dir=ckpts)
+    with pytest.raises(FileExistsError, match=r"--export-dir .*already holds an encoder"):
+        pretrain(cfg, tmp_path / "run-c", export_dir=model)
+    assert files() == before
+    # the same run folder again (a restarted spot job) still owns its checkpoint folder: refused only as finished
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        pretrain(cfg, tmp_path / "run-a", checkpoint_dir=ckpts, export_dir=tmp_path / "model-new")
+    # and a checkpoint folder in use by a live run is locked
+    with RunLock(tmp_path / "ckpts-d"), pytest.raises(RuntimeError, match="choose another --checkpoint-dir"):
+        pretrain(cfg, tmp_path / "run-d", checkpoint_dir=tmp_path / "ckpts-d")

@@ -125,3 +125,44 @@ class AppendingCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(self.log_dir, self._resume_step)
         return self._experiment
+
+
+OWNER_FILE = ".geossl-run"  # in a checkpoint folder outside its run folder: which run it belongs to
+
+
+def claim_outside_folders(run_dir: Path, checkpoint_dir: Path, export_dir: Path) -> list[RunLock]:
+    """Locks and checks for ``--checkpoint-dir`` / ``--export-dir`` outside the run folder (SageMaker's
+    layout); the caller releases the returned locks.
+
+    The run folder's lock alone did not cover them: a new run whose ``--checkpoint-dir`` was another run's
+    resumed that run (finished or not) and rewrote its ``last.ckpt``, and an ``--export-dir`` holding
+    another run's encoder was overwritten at the end. A checkpoint folder records the run folder that owns
+    it (``.geossl-run``, written on first use; the same run folder on a restarted spot job matches) and is
+    refused to any other; an export folder that already holds an encoder is refused before any training.
+    """
+    run_dir = Path(run_dir).resolve()
+    locks: list[RunLock] = []
+    try:
+        checkpoint_dir = Path(checkpoint_dir).resolve()
+        if not checkpoint_dir.is_relative_to(run_dir):
+            locks.append(RunLock(checkpoint_dir, "geossl pretrain", "--checkpoint-dir"))
+            locks[-1].acquire()
+            owner_file = checkpoint_dir / OWNER_FILE
+            owner = owner_file.read_text().strip() if owner_file.is_file() else None
+            if owner is None and any(STEP_CHECKPOINT.search(p.name) or p.name == "last.ckpt"
+                                     for p in checkpoint_dir.iterdir()):
+                owner = "an unknown run"  # checkpoints without an owner: not provably this run's
+            if owner is not None and owner != str(run_dir):
+                raise FileExistsError(f"--checkpoint-dir {checkpoint_dir}: holds the checkpoints of {owner}, not "
+                                      f"of {run_dir}; choose another --checkpoint-dir (nothing was changed)")
+            owner_file.write_text(f"{run_dir}\n")
+        export_dir = Path(export_dir).resolve()
+        held = [name for name in ("geossl.json", "model.safetensors") if (export_dir / name).exists()]
+        if not export_dir.is_relative_to(run_dir) and held:
+            raise FileExistsError(f"--export-dir {export_dir}: already holds an encoder ({held[0]}); choose "
+                                  "another --export-dir (nothing was overwritten)")
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks

@@ -52,6 +52,7 @@ from geossl.dino.run_folder import (
     AppendingCSVLogger,
     RunLock,
     check_writable,
+    claim_outside_folders,
     clean_partial_files,
     describe_os_error,
     is_launching_process,
@@ -137,13 +138,15 @@ def pretrain(
     run = Path(run_dir)
     paths = RunPaths(run, Path(checkpoint_dir) if checkpoint_dir else run / "checkpoints",
                      Path(export_dir) if export_dir else run / "encoder")
-    lock = RunLock(run) if is_launching_process() else None
-    if lock is not None:
-        lock.acquire()
+    locks = [RunLock(run)] if is_launching_process() else []
     try:
+        for lock in locks:
+            lock.acquire()
+        if locks:
+            locks += claim_outside_folders(run, paths.checkpoint_dir, paths.export_dir)
         return _pretrain_locked(with_init_architecture(cfg), paths, resume, list(callbacks or []), started)
     finally:
-        if lock is not None:
+        for lock in reversed(locks):
             lock.release()
 
 
