@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from geossl.cloud.job_config import JobConfig, load_job_config
+from geossl.cloud.job_config import JobConfig, load_job_config, task_section
 from geossl.cloud.launcher import resolve_training_config
 from geossl.config import load_config
+from geossl.finetune.config import load_finetune_config
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_SUFFIXES = (".yaml", ".yml", ".json", ".py", ".txt", ".toml")
@@ -45,12 +46,17 @@ def test_every_default_path_exists_in_the_repo() -> None:
     assert not missing, f"job config defaults name files that are not shipped: {missing}"
 
 
-@pytest.mark.parametrize("job_yaml", [None, REPO / "configs/sagemaker_dino.yaml"], ids=["defaults", "shipped"])
+@pytest.mark.parametrize("job_yaml", [None, REPO / "configs/sagemaker_dino.yaml", REPO / "configs/sagemaker_finetune.yaml"],
+                         ids=["defaults", "shipped", "shipped-finetune"])
 def test_the_training_config_resolves_and_validates(job_yaml: Path | None) -> None:
     """What ``geossl sagemaker launch`` does before paying for an instance: find and validate it."""
     cfg = load_job_config(job_yaml)
     missing = {key: value for key, value in _default_paths(cfg).items() if not (REPO / value).is_file()}
     assert not missing
     found = resolve_training_config(cfg, REPO)
-    assert found == (REPO / cfg.pretrain.config).resolve()
-    load_config(found, cfg.pretrain.overrides)
+    section = task_section(cfg)
+    assert found == (REPO / section.config).resolve()
+    if cfg.task == "finetune":
+        load_finetune_config(found, section.overrides)
+    else:
+        load_config(found, section.overrides)

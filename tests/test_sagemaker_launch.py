@@ -206,6 +206,29 @@ def test_dry_run_as_the_readme_gives_it_needs_no_credentials_and_no_role_lookup(
     assert "SAGEMAKER_VALIDATE_ROLE" not in os.environ  # restored after the dry run
 
 
+def test_dry_run_of_a_finetune_job(aws_env, monkeypatch, capsys):
+    """task=finetune: the fine-tuning config is validated here (not in the paid container), the encoder
+    travels as its own channel, one process runs, and fine-tuning keys route to finetune.overrides."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    base = ["sagemaker", "launch", "--config", str(JOB_YAML), "--dry-run", *ACCOUNT, "task=finetune",
+            f"input.s3_uri=s3://{BUCKET}/eurosat/", "finetune.config=configs/finetune_demo.yaml"]
+    code = geossl_main([*base, f"finetune.encoder_s3_uri=s3://{BUCKET}/runs/dino/encoder/", "optim.layer_decay=0.9"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    req = json.loads(out)
+    channels = {c["ChannelName"]: c for c in req["InputDataConfig"]}
+    assert set(channels) - {"code", "sm_drivers"} == {"train", "encoder"}  # besides the SDK's own two
+    assert channels["encoder"]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/runs/dino/encoder/"
+    hps = req["HyperParameters"]
+    assert hps["task"] == "finetune" and hps["config"] == "configs/finetune_demo.yaml"
+    assert "optim.layer_decay=0.9" in json.loads(hps["overrides"])
+    # refusals before anything is built: no encoder, a key the fine-tuning config lacks
+    assert geossl_main(base) == 1
+    assert "finetune.encoder_s3_uri is not set" in capsys.readouterr().err
+    assert geossl_main([*base, f"finetune.encoder_s3_uri=s3://{BUCKET}/e/", "optim.momentum_teacher=0.9"]) == 1
+    assert "momentum_teacher" in capsys.readouterr().err
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("missing", "setting"), [("aws.region", "aws.region"), ("aws.role", "aws.role"),

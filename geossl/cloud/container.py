@@ -3,8 +3,9 @@
 SageMaker hands a job its inputs as environment variables and files (``SM_CHANNEL_TRAIN``,
 ``SM_MODEL_DIR``, ``SM_HPS``, ``--key value`` arguments, a checkpoint folder it syncs to S3) and
 reads back a model folder, metric lines in the log and a failure file. This module maps that
-contract onto ``geossl.dino.train.pretrain`` and nothing else, so ``sagemaker/train.py`` stays a
-few lines and every mapping is unit-testable here. ``/opt/ml`` appears only as the fallback of an
+contract onto ``geossl.dino.train.pretrain`` (or, with the ``task=finetune`` hyperparameter,
+``geossl.finetune.run.run_finetune``) and nothing else, so ``sagemaker/train.py`` stays a few lines and
+every mapping is unit-testable here. ``/opt/ml`` appears only as the fallback of an
 environment variable.
 """
 
@@ -24,7 +25,8 @@ from typing import Any
 from geossl.io import atomic_write_text
 
 OPT_ML = "/opt/ml"
-RESERVED_HPS = ("config", "overrides", "channel", "data", "resume")
+RESERVED_HPS = ("config", "overrides", "channel", "data", "resume", "task")
+ENCODER_CHANNEL_VAR = "SM_CHANNEL_ENCODER"  # fine-tuning: the encoder folder (job_config.ENCODER_CHANNEL)
 CHANNEL_VAR_RE = re.compile(r"\$\{?(SM_CHANNEL_[A-Z0-9_]+)\}?")
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as ``geossl pretrain``
 FAILURE_FIRST_LINE_MAX = 700  # SageMaker keeps the first 1024 characters as FailureReason
@@ -148,16 +150,22 @@ def data_overrides(hps: Mapping[str, Any], env: Mapping[str, str]) -> tuple[list
     """The training data: an s3:// ``data`` hyperparameter, else the channel folder SageMaker mounted."""
     if hps.get("data"):
         return [f"data.paths={json.dumps([str(hps['data'])])}"], f"data from hyperparameter: {hps['data']}"
+    folder, note = channel_folder(hps, env)
+    return ([f"data.paths={json.dumps([folder])}"] if folder else []), note
+
+
+def channel_folder(hps: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The folder SageMaker mounted for the ``channel`` hyperparameter (default ``train``), checked non-empty."""
     channel = str(hps.get("channel") or "train")
     var = f"SM_CHANNEL_{channel.upper()}"
     folder = env.get(var)
     if folder is None:
         if "channel" in hps:
             raise ValueError(f"channel '{channel}': {var} is not set (channels: {env.get('SM_CHANNELS', 'none')})")
-        return [], "no train channel: data.paths from the training config"
+        return None, "no train channel: data.paths from the training config"
     if not Path(folder).is_dir() or not _has_files(Path(folder)):
         raise ValueError(f"channel '{channel}' ({var}={folder}) is empty: the S3 prefix holds no files")
-    return [f"data.paths={json.dumps([folder])}"], f"data from channel '{channel}': {folder}"
+    return folder, f"data from channel '{channel}': {folder}"
 
 
 def expand_channel_vars(text: str, env: Mapping[str, str]) -> str:
@@ -186,15 +194,21 @@ def distributed_overrides(env: Mapping[str, str], cuda_available: bool) -> list[
     return out
 
 
+def _config_path(hps: Mapping[str, Any], paths: ContainerPaths) -> Path | None:
+    """The ``config`` hyperparameter as a file in the uploaded source checkout (None: built-in defaults)."""
+    if not hps.get("config"):
+        return None
+    config_path = Path(str(hps["config"]))
+    if not config_path.is_absolute():
+        config_path = paths.source_dir / config_path
+    if not config_path.is_file():
+        raise FileNotFoundError(f"hyperparameter 'config': {config_path} not found in the source dir")
+    return config_path
+
+
 def resolve_job(hps: Mapping[str, Any], env: Mapping[str, str], paths: ContainerPaths, cuda_available: bool) -> JobSpec:
     """Hyperparameters + environment -> config file, overrides (config < data < user < topology), resume."""
-    config_path = None
-    if hps.get("config"):
-        config_path = Path(str(hps["config"]))
-        if not config_path.is_absolute():
-            config_path = paths.source_dir / config_path
-        if not config_path.is_file():
-            raise FileNotFoundError(f"hyperparameter 'config': {config_path} not found in the source dir")
+    config_path = _config_path(hps, paths)
     data, note = data_overrides(hps, env)
     user = [expand_channel_vars(text, env) for text in hyperparameter_overrides(hps)]
     overrides = [*data, *user, *distributed_overrides(env, cuda_available)]
@@ -232,9 +246,14 @@ def _cuda_available() -> bool:
 
 
 def run(hps: Mapping[str, Any], env: Mapping[str, str], paths: ContainerPaths) -> int:
-    """Load the config, call ``pretrain`` with the container's folders, return the exit code."""
+    """Load the config, call ``pretrain`` (or ``finetune``) with the container's folders, return the exit code."""
     from geossl.config import load_config
 
+    task = str(hps.get("task") or "pretrain")
+    if task == "finetune":
+        return run_finetune_job(hps, env, paths)
+    if task != "pretrain":
+        raise ValueError(f"hyperparameter 'task': expected pretrain or finetune, got {task!r}")
     rank0 = env.get("RANK", "0") == "0"
     spec = resolve_job(hps, env, paths, _cuda_available())
     cfg = load_config(spec.config_path, spec.overrides)  # bad input fails here, before the heavy imports
@@ -258,6 +277,42 @@ def run(hps: Mapping[str, Any], env: Mapping[str, str], paths: ContainerPaths) -
                   "resumes from it", flush=True)
         return EXIT_INTERRUPTED
     raise RuntimeError(f"pretrain returned status {status!r}")
+
+
+def run_finetune_job(hps: Mapping[str, Any], env: Mapping[str, str], paths: ContainerPaths) -> int:
+    """``geossl finetune`` in the container: labelled patches from the train channel, the start from the
+    ``encoder`` channel. The run folder lives in the checkpoint folder (synced to S3), so a restarted spot
+    job resumes it bitwise; the land-cover model folder goes to the model dir, the reports to output data."""
+    import shutil
+
+    from geossl.finetune.config import load_finetune_config
+    from geossl.finetune.run import FinetuneOptions, run_finetune
+
+    config_path = _config_path(hps, paths)
+    folder, note = channel_folder(hps, env)
+    if folder is None:
+        raise ValueError("fine-tuning needs its labelled patches in a channel (input.channel, default 'train')")
+    encoder = env.get(ENCODER_CHANNEL_VAR)
+    if not encoder or not Path(encoder).is_dir():
+        raise ValueError(f"fine-tuning needs the encoder channel: {ENCODER_CHANNEL_VAR} is not set or not a folder "
+                         "(set finetune.encoder_s3_uri in the job config)")
+    user = [expand_channel_vars(text, env) for text in hyperparameter_overrides(hps)]
+    cfg = load_finetune_config(config_path, [*([] if _cuda_available() else ["trainer.accelerator=cpu"]), *user])
+    out = paths.checkpoint_dir / "finetune"
+    print(f"geossl-sagemaker: finetune config={config_path} overrides={user}; {note}; encoder={encoder}; "
+          f"run folder={out}", flush=True)
+    metrics = run_finetune(FinetuneOptions(encoder=encoder, out=out, cfg=cfg, data=Path(folder), baselines="none"))
+    if metrics.get("status") == "interrupted":
+        print("geossl-sagemaker: interrupted (SIGTERM); the run folder is in the checkpoints, the next job of "
+              "this run resumes it", flush=True)
+        return EXIT_INTERRUPTED
+    shutil.copytree(out / "model", paths.model_dir, dirs_exist_ok=True)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    for report in out.iterdir():
+        if report.is_file() and report.suffix in (".json", ".csv", ".png", ".yaml"):
+            shutil.copy2(report, paths.output_data_dir / report.name)
+    print(f"geossl-sagemaker: finished: test top-1 {metrics.get('top1')} model={paths.model_dir}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, source_dir: Path | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Typed configuration of a SageMaker pretraining job: YAML + ``key=value`` overrides, validated strictly.
+"""Typed configuration of a SageMaker training job (DINO pretraining or fine-tuning): YAML + ``key=value``
+overrides, validated strictly.
 
 One YAML describes *where and how* a run executes (account, instances, spot, data in S3); the
 geossl training config it names says *what* is trained. Command-line overrides go to whichever of the
@@ -79,13 +80,28 @@ class PretrainSection:
 
 
 @dataclass
+class FinetuneSection:
+    # geossl fine-tuning config (``geossl finetune --config``), relative to the source checkout (or cwd)
+    config: str = "configs/finetune_gpu.yaml"
+    overrides: list[str] = field(default_factory=list)  # key=value for the fine-tuning config
+    # s3:// prefix of the encoder (or land-cover model) folder to start from: the job's "encoder" channel
+    encoder_s3_uri: str | None = None
+
+
+TASKS = ("pretrain", "finetune")
+ENCODER_CHANNEL = "encoder"
+
+
+@dataclass
 class JobConfig:
     run_name: str = "geossl-dino"  # one run = every job that shares its checkpoints (spot restarts)
+    task: str = "pretrain"  # pretrain (geossl pretrain, section pretrain) | finetune (geossl finetune, section finetune)
     aws: AwsSection = field(default_factory=AwsSection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     image: ImageSection = field(default_factory=ImageSection)
     input: InputSection = field(default_factory=InputSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
     tags: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)  # extra container environment
     source: str = "<defaults>"  # where this config came from, for messages (not a YAML key)
@@ -101,7 +117,10 @@ def _job_keys() -> set[str]:
 
 
 def _training_keys() -> set[str]:
-    return {f.name for f in dataclasses.fields(Config)}
+    """First keys of either training config; the task decides which of the two receives them."""
+    from geossl.finetune.config import FinetuneConfig
+
+    return {f.name for f in dataclasses.fields(Config)} | {f.name for f in dataclasses.fields(FinetuneConfig)}
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +142,8 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
-    """Load the job YAML and apply overrides; training-config overrides join ``pretrain.overrides``."""
+    """Load the job YAML and apply overrides; training-config overrides join the task's section
+    (``pretrain.overrides`` or ``finetune.overrides``)."""
     cfg = JobConfig()
     if path is not None:
         path = Path(path)
@@ -138,7 +158,8 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
         if isinstance(value, int | float) and not isinstance(value, bool) and _wants_str(cfg, keys):
             value = text.split("=", 1)[1].strip()  # image.framework_version=2.10 means "2.10", not 2.1
         apply_override(cfg, keys, value, text)
-    cfg.pretrain.overrides = [*cfg.pretrain.overrides, *training_overrides]
+    section = task_section(cfg) if cfg.task in TASKS else cfg.pretrain
+    section.overrides = [*section.overrides, *training_overrides]
     validate_job_config(cfg)
     return cfg
 
@@ -182,11 +203,26 @@ def validate_job_config(cfg: JobConfig) -> None:
     validate_channel(i.channel, src)
     if i.s3_uri is not None:
         parse_s3_uri(i.s3_uri, "input.s3_uri")
-    if not cfg.pretrain.config:
-        raise ConfigError(f"{src}: key 'pretrain.config' must name a geossl training config")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"{src}: key 'task': expected one of {', '.join(TASKS)}, got {cfg.task!r}")
+    if not task_section(cfg).config:
+        raise ConfigError(f"{src}: key '{cfg.task}.config' must name a geossl {cfg.task} config")
+    if cfg.task == "finetune":
+        if i.mode == "Direct":
+            raise ConfigError(f"{src}: key 'input.mode': fine-tuning reads its labelled patches from a channel "
+                              "(File or FastFile), not Direct")
+        if i.channel == ENCODER_CHANNEL:
+            raise ConfigError(f"{src}: key 'input.channel': '{ENCODER_CHANNEL}' is the encoder's channel")
+        if cfg.finetune.encoder_s3_uri is not None:
+            parse_s3_uri(cfg.finetune.encoder_s3_uri, "finetune.encoder_s3_uri")
     for key, value in {**cfg.tags, **cfg.environment}.items():
         if not isinstance(value, str):
             raise ConfigError(f"{src}: tag/environment '{key}': expected a string value, got {value!r}")
+
+
+def task_section(cfg: JobConfig) -> PretrainSection | FinetuneSection:
+    """The section (training config + overrides) of the job's task."""
+    return cfg.finetune if cfg.task == "finetune" else cfg.pretrain
 
 
 def validate_run_name(name: str, source: str = "config") -> None:

@@ -23,11 +23,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from geossl.cloud.job_config import (
+    ENCODER_CHANNEL,
     AwsSettings,
     ConfigError,
     JobConfig,
     parse_s3_uri,
     resolve_aws,
+    task_section,
     validate_job_name,
 )
 from geossl.config import load_config
@@ -127,13 +129,19 @@ def resolve_training_config(cfg: JobConfig, source_root: Path) -> Path:
 
     A typo in the training config found here costs nothing; found in the container it costs an instance.
     """
-    path = Path(cfg.pretrain.config).expanduser()
+    section = task_section(cfg)
+    path = Path(section.config).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, source_root / path]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise ConfigError(f"pretrain.config: training config {cfg.pretrain.config!r} not found (looked in "
+        raise ConfigError(f"{cfg.task}.config: training config {section.config!r} not found (looked in "
                           f"{', '.join(str(p.parent) for p in candidates)})")
-    load_config(found, cfg.pretrain.overrides)
+    if cfg.task == "finetune":
+        from geossl.finetune.config import load_finetune_config
+
+        load_finetune_config(found, section.overrides)
+    else:
+        load_config(found, section.overrides)
     return found.resolve()
 
 
@@ -166,7 +174,9 @@ def stage_source(source_root: Path, training_config: Path, dest: Path) -> str:
 
 def hyperparameters(cfg: JobConfig, config_rel: str) -> dict[str, Any]:
     """What the container's entry point reads (SM_HPS / ``--key value``): config file + overrides."""
-    hps: dict[str, Any] = {"config": config_rel, "overrides": list(cfg.pretrain.overrides)}
+    hps: dict[str, Any] = {"config": config_rel, "overrides": list(task_section(cfg).overrides)}
+    if cfg.task != "pretrain":
+        hps["task"] = cfg.task
     if cfg.input.mode == "Direct":
         hps["data"] = cfg.input.s3_uri
     else:
@@ -221,7 +231,8 @@ def build_trainer(cfg: JobConfig, aws: AwsSettings, staged: Path, config_rel: st
         training_image=image_uri(cfg, aws.region),
         source_code=k.SourceCode(source_dir=str(staged), entry_script=ENTRY_SCRIPT, requirements=REQUIREMENTS,
                                  ignore_patterns=["__pycache__", "*.pyc", ".DS_Store"]),
-        distributed=sdk.Torchrun(process_count_per_node=compute.processes_per_node),
+        # fine-tuning runs as one process (one GPU); pretraining as torchrun over every GPU of every node
+        distributed=sdk.Torchrun(process_count_per_node=1 if cfg.task == "finetune" else compute.processes_per_node),
         compute=k.Compute(instance_type=compute.instance_type, instance_count=compute.instance_count,
                           volume_size_in_gb=compute.volume_size_gb, enable_managed_spot_training=compute.spot),
         stopping_condition=k.StoppingCondition(max_runtime_in_seconds=compute.max_run_minutes * 60, **wait),
@@ -236,6 +247,11 @@ def build_trainer(cfg: JobConfig, aws: AwsSettings, staged: Path, config_rel: st
         source = k.S3DataSource(s3_data_type="S3Prefix", s3_uri=cfg.input.s3_uri,
                                 s3_data_distribution_type="FullyReplicated")
         inputs.append(k.Channel(channel_name=cfg.input.channel, input_mode=cfg.input.mode,
+                                data_source=k.DataSource(s3_data_source=source)))
+    if cfg.task == "finetune":  # the encoder folder to start from, copied in whole before the job starts
+        source = k.S3DataSource(s3_data_type="S3Prefix", s3_uri=cfg.finetune.encoder_s3_uri,
+                                s3_data_distribution_type="FullyReplicated")
+        inputs.append(k.Channel(channel_name=ENCODER_CHANNEL, input_mode="File",
                                 data_source=k.DataSource(s3_data_source=source)))
     return trainer, inputs
 
@@ -295,6 +311,9 @@ def launch(
     aws = resolve_aws(cfg, env)
     if cfg.input.s3_uri is None:
         raise ConfigError("input.s3_uri is not set: give the S3 prefix of the training data (s3://bucket/prefix/)")
+    if cfg.task == "finetune" and cfg.finetune.encoder_s3_uri is None:
+        raise ConfigError("finetune.encoder_s3_uri is not set: give the S3 prefix of the encoder folder to "
+                          "fine-tune (s3://bucket/prefix/encoder/)")
     training_config = resolve_training_config(cfg, source_root)
     job_name_for(cfg.run_name)  # fail on a bad name before any work
     image_uri(cfg, aws.region)  # fail on an unknown version/region before any work
