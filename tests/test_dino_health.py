@@ -203,6 +203,14 @@ def test_warnings_on_synthetic_collapsed_and_frozen_histories(caplog):
     assert kind == "collapse" and "uniform" in message
     frozen = [{"step": 50, **HEALTHY, "weight_change": FROZEN_WEIGHT_CHANGE / 2}]
     assert [k for k, _ in diagnose_history(frozen, LOG_K, after_step=10)] == ["frozen"]
+    # a partial collapse (the BatchNorm-head run of docs/trials.md): 2.6 nats of ln 2048 = exp(2.6) ~ 13
+    # prototypes, below min(32, K / 4); the same entropy is healthy for K = 64, and so is ln 64 itself
+    narrow = [{"step": 60, **HEALTHY, "marginal_entropy": 2.6, "teacher_entropy": 0.7}]
+    (kind, message), = diagnose_history(narrow, math.log(2048), after_step=10)
+    assert kind == "few_prototypes" and "about 13 of 2048" in message
+    assert diagnose_history(narrow, LOG_K, after_step=10) == []
+    wide = [{"step": 60, **HEALTHY, "marginal_entropy": math.log(40)}]
+    assert diagnose_history(wide, math.log(2048), after_step=10) == []
 
     monitor = HealthMonitor(dataset=None, log_k=LOG_K, every_steps=10, seed=0)
     with caplog.at_level(logging.WARNING, logger="geossl"):
