@@ -66,12 +66,14 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
-    """Refuse to replace results unless asked: one line listing what already exists."""
+def check_outputs(paths: Sequence[Path], overwrite: bool, note: str = "") -> None:
+    """Refuse to replace results unless asked: one line listing what already exists (``note``: why it
+    may not be replaced, e.g. "made with other options", put before the hint)."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} (pass --overwrite to replace)")
+        raise FileExistsError(f"{shown} already exist{'s' if len(existing) == 1 else ''} "
+                              f"({note + '; ' if note else ''}pass --overwrite to replace)")
 
 
 class RunLock:

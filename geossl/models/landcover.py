@@ -11,6 +11,7 @@ key, as every folder before attentive heads), or an :class:`AttentiveHead` (``"h
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from pathlib import Path
@@ -265,6 +266,29 @@ def _dense_state(dense_head: nn.Module | None, n_classes: int) -> dict[str, torc
     if weight is None or weight.ndim != 2 or weight.shape[0] != n_classes:
         raise ValueError(f"dense head: expected a LinearHead with {n_classes} outputs")
     return state
+
+
+MODEL_FILES = (WEIGHTS_FILE, META_FILE, HEAD_WEIGHTS, HEAD_META, DENSE_WEIGHTS)  # what a model's outputs depend on
+
+
+def model_hash(path: str | Path) -> str:
+    """``sha256:<hex>`` of the files of a model folder that decide its predictions (encoder and head weights
+    and descriptions, the dense head when present), each with its name.
+
+    Maps record it (the classify manifest) so a rerun can tell "the same model" from "a retrained model
+    saved into the same folder": the folder's path and modification times say neither.
+    """
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        digest.update(f"{name}\0".encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
 
 
 def load_landcover_model(path: Path, device: str | torch.device = "cpu") -> LandCoverModel:

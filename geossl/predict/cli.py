@@ -3,7 +3,9 @@
 Each input file is a *scene* (sliding window, map) or a *tile* (one prediction). ``--mode auto``
 decides per file: a scene when it is larger than one tile or when --tile-size/--stride were given.
 Everything that can be checked before inference is (model, output folder, existing outputs, file
-names), so a mistake costs seconds, not the first scene's hour.
+names), so a mistake costs seconds, not the first scene's hour. Scenes are recorded in the folder's
+``manifest.jsonl`` (:mod:`geossl.predict.manifest`): a rerun skips the current ones, one scene failing is
+recorded and the others go on (exit 1), and same-named scenes from different folders get distinct names.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geossl.cli import positive_int
 from geossl.io import RunLock, check_outputs
 from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
 from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
+
+if TYPE_CHECKING:
+    from geossl.predict.manifest import Manifest, ScenePlan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs (not needed to redo a scene whose input or model changed: "
+                             "the folder's manifest.jsonl shows its outputs are this run's to replace)")
     parser.add_argument("--no-check-stats", action="store_true",
                         help="run even when the input's values look unlike the model's training statistics")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -90,52 +97,94 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: Path, start: float) -> int:
-    """Plan the outputs, refuse existing ones unless --overwrite, classify tiles and scenes (folder locked)."""
-    from geossl.predict.common import output_stem
-    from geossl.predict.scene import classify_scene, scene_outputs
+    """Plan the outputs (skip current scenes, refuse outputs that are not this run's to replace unless
+    --overwrite: :mod:`geossl.predict.manifest`), classify tiles and scenes (folder locked); 1 when a scene failed."""
+    from geossl.models.landcover import model_hash
+    from geossl.predict.manifest import MANIFEST_NAME, Manifest, pixel_options, plan_scenes
+    from geossl.predict.scene import check_scene_options, scene_outputs
+    from geossl.predict.stac import href_of
     from geossl.predict.tiles import classify_tiles
 
     bands = parse_bands(args.bands)
     uris = image_inputs(args.input)
     tile = args.tile_size or model.meta.img_size
-    scenes, tiles = split_inputs(uris, args.mode, tile, args.tile_size is not None or args.stride is not None)
+    scenes, tiles = split_inputs(uris, args.mode, tile, args.tile_size is not None or args.stride is not None,
+                                 unreadable_as_scenes=True)
     if args.dense and tiles:
         raise ValueError(f"--dense maps scenes, but {tiles[0]} ({len(tiles)} input(s)) is classified as a tile "
                          "(no larger than one window): pass --mode scene or leave out --dense")
+    if tiles:
+        check_outputs([out_dir / CSV_NAME, out_dir / GEOJSON_NAME], args.overwrite)
+    manifest, plans = Manifest(out_dir), []
+    ctx: dict[str, Any] = {"bands": bands}
+    if scenes:
+        ctx["model"] = {"path": href_of(args.model), "hash": model_hash(args.model)}
+        tile, stride = check_scene_options(model, args.tile_size, args.stride, args.min_valid, args.blend,
+                                           args.probs_dtype, args.dense, args.model)
+        ctx["options"] = pixel_options(
+            tile_size=tile, stride=stride, bands=bands, resample=args.resample, min_valid=args.min_valid,
+            blend=args.blend, tta=args.tta, rescale=args.rescale, dense=args.dense, probs=args.probs,
+            probs_dtype=args.probs_dtype)
 
-    stems = [output_stem(s) for s in scenes]
-    clash = sorted({s for s in stems if stems.count(s) > 1})
-    if clash:
-        raise ValueError(f"several scenes are named {clash[0]!r}: their outputs would collide in {out_dir}; "
-                         "classify them into separate --out folders")
-    planned = [out_dir / CSV_NAME, out_dir / GEOJSON_NAME] if tiles else []
-    for scene in scenes:
-        planned += [p for p in scene_outputs(out_dir, scene, args.probs, not args.dense, not args.no_preview,
-                                             not args.no_stac).values() if p]
-    check_outputs(planned, args.overwrite)
+        def outputs_of(uri: str, stem: str) -> dict[str, Path | None]:
+            return scene_outputs(out_dir, uri, args.probs, not args.dense, not args.no_preview, not args.no_stac, stem)
 
-    progress = not args.quiet
-    lines, n_windows = [], 0
+        plans = plan_scenes(manifest, scenes, outputs_of, ctx["model"]["hash"], ctx["options"], args.overwrite)
+
+    parts = []
     if tiles:
         result = classify_tiles(model, tiles, out_dir, bands=bands, batch_size=args.batch_size,
-                                overwrite=args.overwrite, check_stats=not args.no_check_stats, progress=progress)
-        lines.append(result.summary())
+                                overwrite=args.overwrite, check_stats=not args.no_check_stats, progress=not args.quiet)
         print(result.summary(), flush=True)
-    for scene in scenes:
-        res = classify_scene(
-            model, scene, out_dir, tile_size=args.tile_size, stride=args.stride, bands=bands,
-            resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
-            preview=not args.no_preview, overwrite=args.overwrite, check_stats=not args.no_check_stats,
-            progress=progress, blend=args.blend, tta=args.tta, probs_dtype=args.probs_dtype,
-            rescale=args.rescale, stac=not args.no_stac, model_path=args.model, dense=args.dense,
-        )
+        parts.append(f"{len(tiles)} tile file(s)")
+    failed = 0
+    if scenes:
+        done, skipped, failed, n_windows = _map_scenes(args, model, out_dir, plans, manifest, ctx)
+        parts.insert(0, f"{len(scenes)} scene(s): {done} done, {skipped} skipped as current, {failed} failed "
+                        f"({MANIFEST_NAME}), {n_windows} windows")
+    seconds = time.perf_counter() - start
+    print(f"classify: {' and '.join(parts)} in {seconds:.1f} s on {device} -> {out_dir}", file=sys.stdout)
+    return 1 if failed else 0
+
+
+def _map_scenes(args: argparse.Namespace, model: Any, out_dir: Path, plans: list[ScenePlan], manifest: Manifest,
+                ctx: dict[str, Any]) -> tuple[int, int, int, int]:
+    """Map every scene that is not current, recording each attempt in the manifest: a scene that fails
+    (unreadable, truncated, wrong bands, a read error midway) is recorded with its one-line reason and the
+    others go on; its outputs are never left half-written (:class:`geossl.predict.maps.COGStripWriter`
+    writes beside the final name and renames). Returns (done, skipped as current, failed, windows)."""
+    from rasterio.errors import RasterioError
+
+    from geossl.predict.manifest import one_line_reason, scene_record
+    from geossl.predict.scene import classify_scene
+
+    done = skipped = failed = n_windows = 0
+    for plan in plans:
+        if plan.current:
+            skipped += 1
+            continue
+        # "started" first: after a crash or kill the manifest still shows these outputs are this scene's
+        manifest.append(scene_record(plan, "started", ctx["model"], ctx["options"]))
+        try:
+            res = classify_scene(
+                model, plan.uri, out_dir, tile_size=args.tile_size, stride=args.stride, bands=ctx["bands"],
+                resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
+                preview=not args.no_preview, overwrite=plan.replace, check_stats=not args.no_check_stats,
+                progress=not args.quiet, blend=args.blend, tta=args.tta, probs_dtype=args.probs_dtype,
+                rescale=args.rescale, stac=not args.no_stac, model_path=args.model, dense=args.dense,
+                stem=plan.stem,
+            )
+        except BaseException as exc:
+            reason = one_line_reason(exc, plan.uri)
+            manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"], reason))
+            if not isinstance(exc, ValueError | OSError | RuntimeError | RasterioError):
+                raise  # an interrupt or a bug: recorded, then not swallowed
+            print(f"geossl classify: error: {reason}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        manifest.append(scene_record(plan, "done", ctx["model"], ctx["options"], windows=res.windows,
+                                     seconds=round(res.seconds, 3)))
+        done += 1
         n_windows += res.windows
         print(res.summary(), flush=True)
-    seconds = time.perf_counter() - start
-    parts = []
-    if scenes:
-        parts.append(f"{len(scenes)} scene(s), {n_windows} windows")
-    if tiles:
-        parts.append(f"{len(tiles)} tile file(s)")
-    print(f"classify: {' and '.join(parts)} in {seconds:.1f} s on {device} -> {out_dir}", file=sys.stdout)
-    return 0
+    return done, skipped, failed, n_windows

@@ -7,10 +7,12 @@ results fails in a second with one line naming the file, not after an hour of in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,55 @@ def output_stem(uri: str) -> str:
     """``/vsis3/b/x/scene.tif`` -> ``scene``: output names derive from the input's file name."""
     name = str(uri).rstrip("/").rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def unique_stems(uris: Sequence[str], reserved: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An output stem per URI that no other input, nor any scene ``reserved`` (URI -> stem, e.g. from an
+    output folder's manifest), uses.
+
+    A URI with a reserved stem keeps it (a rerun finds its outputs under the same names). Otherwise the
+    file stem, as always, when it is free (existing outputs stay valid); files that share a stem get it
+    plus the shortest run of parent folders that tells them apart (``2019/x.tif``, ``2020/x.tif`` ->
+    ``x_2019``, ``x_2020``), and only where folders cannot (``x.tif`` beside ``x.tiff``), a short hash of
+    the URI. Pass absolute paths or ``s3://`` URIs: the folders are then the same whatever the working folder.
+    """
+    reserved = dict(reserved or {})
+    taken = {stem for uri, stem in reserved.items() if uri not in uris}  # other scenes' outputs in the folder
+    stems: dict[str, str] = {}
+    for uri in uris:
+        stem = reserved.get(uri)
+        if stem is not None and stem not in taken:
+            stems[uri] = stem
+            taken.add(stem)
+    groups: dict[str, list[str]] = {}
+    for uri in uris:
+        if uri not in stems:
+            groups.setdefault(output_stem(uri), []).append(uri)
+    for stem, members in groups.items():  # plain names first, so a distinguishing name never takes one
+        if len(members) == 1 and stem not in taken:
+            stems[members[0]] = stem
+            taken.add(stem)
+    for stem, members in groups.items():
+        if members[0] in stems:
+            continue
+        named = _by_parent_folders(stem, members)
+        for uri in members:
+            name = named[uri]
+            if name in taken or list(named.values()).count(name) > 1:
+                name = f"{stem}_{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+            stems[uri] = name
+            taken.add(name)
+    return {uri: stems[uri] for uri in uris}
+
+
+def _by_parent_folders(stem: str, uris: Sequence[str]) -> dict[str, str]:
+    """``stem`` plus the last k parent folders of each URI, k the smallest that makes the names differ."""
+    parents = [[re.sub(r"[^\w.-]+", "-", p) for p in str(u).split("://", 1)[-1].split("/")[:-1] if p]
+               for u in uris]
+    depth = max((len(p) for p in parents), default=0)
+    names: list[str] = [stem] * len(uris)
+    for k in range(1, depth + 1):
+        names = ["_".join([stem, *p[-k:]]) for p in parents]
+        if len(set(names)) == len(names):
+            break
+    return dict(zip(uris, names, strict=True))

@@ -82,8 +82,9 @@ class SceneResult:
 
 
 def scene_outputs(out_dir: Path, scene: str, probs: bool, geojson: bool, preview: bool,
-                  stac: bool = True) -> dict[str, Path | None]:
-    stem = output_stem(scene)
+                  stac: bool = True, stem: str | None = None) -> dict[str, Path | None]:
+    """The output paths of ``scene``, named ``<stem>_...`` (default: the scene's file stem)."""
+    stem = stem or output_stem(scene)
     return {
         "classes": out_dir / f"{stem}_classes.tif",
         "probs": out_dir / f"{stem}_probs.tif" if probs else None,
@@ -120,6 +121,7 @@ def classify_scene(
     stac: bool = True,
     model_path: str | Path | None = None,
     dense: bool = False,
+    stem: str | None = None,
 ) -> SceneResult:
     """Classify ``scene`` with ``model`` into ``<out_dir>/<scene>_classes.tif`` (COG) and companions.
 
@@ -129,14 +131,13 @@ def classify_scene(
     describe the outputs in a STAC Item. ``blend`` (mean|hann), ``tta``, ``probs_dtype`` (float32|uint8),
     ``rescale`` (None|percentile): see the module docstring; ``model_path`` is linked from the STAC Item.
     ``dense``: one map cell per patch from the model's dense head (:mod:`geossl.predict.dense`; no tiles GeoJSON).
+    ``stem``: the outputs' name prefix (default: the scene's file stem; classify picks unique ones).
     """
     meta, classes = model.meta, list(model.classes)
-    tile, stride = _window_sizes(model, tile_size, stride, min_valid)
-    _check_options(blend, probs_dtype)
-    if dense:
-        check_dense(model, tile, stride, model_path)
-        geojson = False  # the tiles GeoJSON describes windows; a dense map has none
-    outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac)
+    tile, stride = check_scene_options(model, tile_size, stride, min_valid, blend, probs_dtype, dense, model_path)
+    geojson = geojson and not dense  # the tiles GeoJSON describes windows; a dense map has none
+    stem = stem or output_stem(scene)
+    outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac, stem)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start_time = time.perf_counter()
     with (gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES),
@@ -157,7 +158,7 @@ def classify_scene(
         run = classify_windows_dense if dense else _classify_windows
         with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid, probs_dtype) as sink:
             classified = run(model, predict, reader, grid, sink, batch_size, min_valid,
-                             desc=output_stem(scene) if progress else None)
+                             desc=stem if progress else None)
         rgb = _rgb_choice(meta.bands, reader.bands)
         read_bands, stretch = list(reader.bands), scene_low_high(reader.rescaler, rgb)
     if outputs["preview"] is not None:
@@ -168,7 +169,7 @@ def classify_scene(
         with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
             write_preview(outputs["preview"], scene, [read_bands[i] for i in rgb], p2, p98,
                           str(outputs["classes"]), classes,
-                          title=f"{output_stem(scene)}: tile {tile}, stride {stride} ({note})")
+                          title=f"{stem}: tile {tile}, stride {stride} ({note})")
     if outputs["stac"] is not None:
         write_scene_item(outputs, scene, tags, model_path)
     return SceneResult(
@@ -178,6 +179,18 @@ def classify_scene(
         nodata_cells=int(sink.counts[NODATA_CLASS]), seconds=time.perf_counter() - start_time, resample_note=note,
         transform=map_t, stac=outputs["stac"],
     )
+
+
+def check_scene_options(model: LandCoverModel, tile_size: int | None, stride: int | None, min_valid: float,
+                        blend: str = "mean", probs_dtype: str = "float32", dense: bool = False,
+                        model_path: str | Path | None = None) -> tuple[int, int]:
+    """(tile, stride) in read-grid pixels after every check that needs no scene: a batch of scenes calls it
+    once, so a wrong option is one error before any work, not the same failure recorded for every scene."""
+    tile, stride = _window_sizes(model, tile_size, stride, min_valid)
+    _check_options(blend, probs_dtype)
+    if dense:
+        check_dense(model, tile, stride, model_path)
+    return tile, stride
 
 
 def _check_options(blend: str, probs_dtype: str) -> None:

@@ -92,13 +92,15 @@ def image_header(uri: str) -> tuple[int, int, bool]:
         raise ValueError(f"{uri}: not a readable image ({exc})") from None
 
 
-def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool) -> tuple[list[str], list[str]]:
+def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool,
+                 unreadable_as_scenes: bool = False) -> tuple[list[str], list[str]]:
     """(scenes, tiles). ``auto``: a georeferenced file larger than one tile (or any georeferenced file when
     the grid was given explicitly) is a scene; JPEG/PNG chips and small files are tiles. Unreadable files
-    go to tiles, where a folder skips them and a lone file fails."""
+    go to tiles, where a folder skips them and a lone file fails; with ``unreadable_as_scenes`` they go to
+    the scenes when there are any (classify records a broken scene as failed and maps the others)."""
     if mode != "auto":
         return (uris, []) if mode == "scene" else ([], uris)
-    scenes, tiles = [], []
+    kinds: list[str | None] = []
     with gdal_env(uris):
         for uri in uris:
             try:
@@ -106,10 +108,12 @@ def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool) -> 
             except ValueError:
                 if len(uris) == 1:
                     raise
-                tiles.append(uri)
+                kinds.append(None)
                 continue
-            (scenes if georeferenced and (explicit_grid or max(width, height) > tile) else tiles).append(uri)
-    return scenes, tiles
+            kinds.append("scene" if georeferenced and (explicit_grid or max(width, height) > tile) else "tile")
+    broken = "scene" if unreadable_as_scenes and "scene" in kinds else "tile"
+    scenes = [u for u, k in zip(uris, kinds, strict=True) if (k or broken) == "scene"]
+    return scenes, [u for u, k in zip(uris, kinds, strict=True) if (k or broken) == "tile"]
 
 
 class TileReadError(ValueError):
