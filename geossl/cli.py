@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("geossl.finetune.cli",
                  "train a land-cover classifier end to end from an encoder (full, last-N blocks, LoRA)"),
     "classify": ("geossl.predict.cli", "classify tiles or whole scenes into land-cover tables and maps"),
+    "change": ("geossl.predict.change_cli",
+               "per-patch change between two dates (or a series) -> score map, from-to classes, hectares"),
     "embed": ("geossl.predict.embed_cli", "one embedding per tile -> (Geo)Parquet, for similarity search"),
     "attention": ("geossl.predict.attention_cli", "DINO self-attention maps of a tile -> PNG"),
     "import-encoder": ("geossl.models.import_cli",

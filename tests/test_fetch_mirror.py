@@ -136,7 +136,7 @@ def test_data_fetch_help_is_fast_and_light():
     assert "--mirror" in out and "--offline" in out and float(out.rsplit(" ", 1)[1]) < 2.0
 
 
-@pytest.mark.parametrize("name", ["eurosat-rgb", "eurosat-ms", "scenes"])
+@pytest.mark.parametrize("name", ["eurosat-rgb", "eurosat-ms", "scenes", "timeseries"])
 def test_the_pins_are_those_of_the_shared_copy_and_verify_without_a_request(shared_data, name):
     """The shared copy verifies against the table (hashing every file), with no request (no server)."""
     ds = F.DATASETS[name]
@@ -144,3 +144,41 @@ def test_the_pins_are_those_of_the_shared_copy_and_verify_without_a_request(shar
     assert line == f"{name}: present and verified in {shared_data / name} ({ds.files:,} files)"
     files = [p for p in (shared_data / name).rglob("*") if p.is_file()]
     assert (len(files), sum(p.stat().st_size for p in files)) == (ds.files, ds.size)
+
+
+OPENGEOS = "https://raw.githubusercontent.com/opengeos/data/main/"
+
+
+def test_the_time_series_are_pinned_to_their_opengeos_paths_and_the_shared_files(shared_data):
+    """Each file of ../shared/data/timeseries comes from its opengeos/data path (naip/<name>, landsat/<year>),
+    with the sha256 and size of the shared copy; the NAIP 2019 date is the scenes' NAIP file, renamed."""
+    ds = F.DATASETS["timeseries"]
+    folder = shared_data / "timeseries"
+    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.tif"))
+    assert sorted(s.dest for s in ds.sources) == on_disk and len(on_disk) == 16
+    for src in ds.sources:
+        series, _, file = src.dest.partition("/")
+        public = f"naip/{file}" if series == "naip_north_dakota" else f"landsat/{file}"
+        assert series in ("naip_north_dakota", "landsat_pucallpa") and src.url == OPENGEOS + public, src
+        assert src.name == (file if series == "naip_north_dakota" else f"landsat_pucallpa_{file}"), src
+        assert src.checksum == f"sha256:{F.file_hash(folder / src.dest, 'sha256')}"
+        assert src.size == (folder / src.dest).stat().st_size
+    naip_2019 = next(s for s in ds.sources if s.dest.endswith("_20190904.tif"))
+    assert naip_2019.checksum == next(s.checksum for s in F.DATASETS["scenes"].sources if s.name.startswith("naip"))
+    for resource, dest in ds.resources:
+        assert F.resource_bytes(resource) == (folder / dest).read_bytes()
+
+
+def test_time_series_end_to_end_from_a_local_mirror(shared_data, serve, tmp_path, capsys):
+    """Two folders of one dataset fetched file by file from a flat mirror, byte-identical to the shared copy."""
+    server = serve()
+    built = build_mirror(shared_data, server.folder, ["timeseries"])
+    assert sorted(p.name for p in built) == sorted(s.name for s in F.DATASETS["timeseries"].sources)
+    root = tmp_path / "data"
+    assert main(["data", "fetch", "timeseries", "--root", str(root), "--mirror", server.url, "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"timeseries: fetched and verified -> {root / 'timeseries'} (18 files")
+    for path in (shared_data / "timeseries").rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(shared_data / "timeseries")
+            assert (root / "timeseries" / rel).read_bytes() == path.read_bytes(), rel
+    assert sorted(p.name for p in root.iterdir()) == ["timeseries"]  # no downloads or work folders left

@@ -105,6 +105,37 @@ class Dataset:
 
 
 _EUROSAT_LICENSE = ("eurosat_LICENSE.txt", "LICENSE.txt")
+_OPENGEOS = "https://raw.githubusercontent.com/opengeos/data/main/"
+# The time series of opengeos/data (naip/m_4709963_se_14_1_<date>.tif, landsat/<year>.tif): (date, sha256,
+# bytes) pinned from the team's copy in ../shared/data/timeseries, which holds byte-identical copies.
+_NAIP_DATES = (
+    ("20090818", "568f0d3dc3118d6df63510361db6c627b81541ad4c65122caf54e18030fc7100", 2_641_535),
+    ("20120731", "695ff3bef666f84b9d8bee8292c21be1edf5fbd52b0db839a40a949403799dc4", 2_746_404),
+    ("20140720", "cbb65d34c3f8ad566800677d1f0ba15b221305e46b9873ddb20b5fc922ab6104", 2_566_645),
+    ("20150926", "e2f4898eaada52f53a0cf7920836a4ff42e41a05357c0f082cfbfcb048b21b9d", 2_383_135),
+    ("20160816", "6e60094af5a5b605178277831a0bb5e28650ef4729cb5eb91ac94ec5643462b4", 2_580_135),
+    ("20170827", "d1138bef2d496ed4ff731f48def08e0695e326aeb55dc291ebb9b415e7bda2f8", 2_621_014),
+    ("20180716", "599bb9bb7f78e9a1f3e0e712290e6423e2f513c69afc00a18ff586a6fcd4aba7", 2_397_090),
+    ("20190904", "bfa915b54ad6e4e4fe60ad6afdd9115ff5d00c363d4d1ccfaaa33ebb3cad2df2", 2_526_050),  # = scenes' NAIP
+    ("20200831", "e8eb18475678d16a98a44f28b1c777fd0b2c56e9c8afed302a5e071e2e237f90", 2_487_763),
+)
+_LANDSAT_YEARS = (
+    ("1985", "32676315c2a365776fac49e549377ea3f36345b645dacfab074ca51c4bdce13a", 828_125),
+    ("1990", "7d09817f9124affc7ab3d6ba0bb2d28761f324dd8308e660f89608a5e2b184c0", 848_612),
+    ("1995", "f7f4cdf6148f721eefc8075b8061974833c309292b20cc23700a61adf90e827d", 896_780),
+    ("2000", "63a35f6f01c37b01831b9cf01c919ce03b1410bdce7526aabdfbfd26be960a8d", 849_316),
+    ("2005", "8f001015fa89aa3da952e293234e9f6cd6042799425ddb8980a69489b86ead16", 887_023),
+    ("2010", "987f401ab4708cb3ed2c70d6e39ec0a859df112a35f9df04663a80106f74cebc", 898_511),
+    ("2015", "974f1865cc07b9012bc9dfbde3ba9282aa4f9611ee8c683269e2c5066f655c2a", 856_811),
+)
+# Mirror names stay flat and unique: NAIP files keep their own names, Landsat years get a prefix.
+_TIMESERIES_SOURCES = tuple(
+    Source(f"m_4709963_se_14_1_{d}.tif", f"{_OPENGEOS}naip/m_4709963_se_14_1_{d}.tif", f"sha256:{h}", n,
+           dest=f"naip_north_dakota/m_4709963_se_14_1_{d}.tif") for d, h, n in _NAIP_DATES
+) + tuple(
+    Source(f"landsat_pucallpa_{y}.tif", f"{_OPENGEOS}landsat/{y}.tif", f"sha256:{h}", n,
+           dest=f"landsat_pucallpa/{y}.tif") for y, h, n in _LANDSAT_YEARS
+)
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset(
         "eurosat-rgb", "EuroSAT RGB: 27,000 Sentinel-2 JPEG patches, 64x64, 10 classes, splits.csv",
@@ -157,6 +188,16 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         content_sha256="07804472849f29c9ae8540179b5f90744356c0aafcd570d7462973ff08c6c489",
         resources=tuple((f"scenes_{n}", n) for n in (
             "LICENSE_opengeos_data_MIT.txt", "LICENSE_rasterio_BSD.txt", "README_rasterio_testdata.rst")),
+    ),
+    Dataset(
+        "timeseries", "2 time series for change maps: NAIP North Dakota (9 dates 2009-2020, 4-band uint8, 5 m), "
+        "Landsat Pucallpa (7 dates 1985-2015, 4-band uint8, ~90 m)",
+        "MIT (opengeos data; NAIP public domain, Landsat USGS public domain)",
+        _TIMESERIES_SOURCES,
+        files=18, size=29_016_199,
+        content_sha256="8f5bc693522399ccdfe963de7b6107417a46e8e1631ee2d79bae0731c02334ef",
+        resources=(("scenes_LICENSE_opengeos_data_MIT.txt", "LICENSE_opengeos_data_MIT.txt"),
+                   ("timeseries_landsat_README_source.md", "landsat_pucallpa/README_source.md")),
     ),
 )}
 
@@ -275,6 +316,7 @@ def _install(ds: Dataset, root: Path, mirror: str | None, progress: bool) -> Non
             path = download(src, cache, mirror, progress)
             try:
                 if src.dest:
+                    (tmp / src.dest).parent.mkdir(parents=True, exist_ok=True)  # time series: one folder each
                     shutil.copyfile(path, tmp / src.dest)
                 else:
                     extract(path, src, tmp, subset, progress, max_bytes=ds.size)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from geossl.data.raster import AxisPlan
 from geossl.models.landcover import LandCoverModel
@@ -66,11 +67,13 @@ def dense_axis_plan(length: int, tile: int, stride: int, cell: int) -> AxisPlan:
     return AxisPlan(starts, cells, length // cell)
 
 
-def classify_windows_dense(model: LandCoverModel, predict: Any, reader: Any, grid: Any, sink: Any, batch_size: int,
+def classify_windows_dense(model: torch.nn.Module, predict: Any, reader: Any, grid: Any, sink: Any, batch_size: int,
                            min_valid: float, desc: str | None) -> int:
     """Dense twin of ``geossl.predict.scene._classify_windows``: ``predict`` maps raw pixels to per-patch
     probabilities (B, K, h, w); each token row of a window is added to its map row. ``grid.stride`` is the
-    cell (patch) size. Returns how many windows had at least ``min_valid`` valid pixels."""
+    cell (patch) size; ``model`` only tells the device; K is ``len(sink.classes)``, any per-patch values
+    (``geossl change`` accumulates its score and both dates' probabilities the same way).
+    Returns how many windows had at least ``min_valid`` valid pixels."""
     device, cell = model_device(model), grid.stride
     k, n = len(sink.classes), grid.tile // grid.stride
     classified = 0

@@ -9,6 +9,11 @@ geotransforms need no special case, and GDAL reads only the source blocks each w
 Downsampling averages (no aliasing of 5 m NAIP into 10 m pixels); upsampling is bilinear. A scene
 whose explicit mask is not an alpha band (an internal or ``.msk`` mask) would lose it in the VRT, so the
 VRT gets an alpha band carrying the warped mask, read as the mask (rule 4).
+
+``onto=ReadGrid(...)`` reads a scene onto *another* scene's read grid instead (``geossl change``: the
+second date on the first date's pixels, whatever its own CRS, origin or size). The same ``WarpedVRT``
+does it, always with an alpha band: pixels of the grid outside the scene get alpha 0, so they are
+invalid even in a file without a nodata value, and windows of both dates line up pixel for pixel.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,16 +72,36 @@ def resample_target(
     return meta.gsd / unit_m, f"resampled {pixel_m:g} m -> {meta.gsd:g} m"
 
 
+@dataclass(frozen=True)
+class ReadGrid:
+    """A read grid to put another scene on: CRS, float64 geotransform, size, and whose grid it is (messages)."""
+
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    name: str = "the reference grid"
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the grid's CRS."""
+        from rasterio.transform import array_bounds
+
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        return west, south, east, north
+
+
 class SceneReader:
     """One open scene (or its resampling VRT): window reads as float32 plus a validity mask.
 
     ``rescale="percentile"`` maps each band linearly so that the scene's sampled 2nd/98th percentiles
     become the model's p2/p98 (:mod:`geossl.predict.rescale`); every read is then in the model's units.
+    ``onto``: read the scene onto that grid (module docstring); ``resample`` is then ignored.
     """
 
     def __init__(
         self, uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None, resample: bool | None = None,
-        *, rescale: str | None = None,
+        *, rescale: str | None = None, onto: ReadGrid | None = None,
     ) -> None:
         self.uri = uri
         self.meta = meta
@@ -90,9 +116,13 @@ class SceneReader:
             self.bands = resolve_bands(meta, src.count, uri, bands, src.descriptions)
             if src.crs is None:
                 raise ValueError(f"{uri}: not georeferenced (no CRS): a scene map needs one; classify it as a tile")
-            target, self.resample_note = resample_target(meta, src.crs, src.res, resample, uri)
             self.ds: Any = src
             alpha_band = None
+            if onto is not None:
+                target, self.resample_note = None, f"read onto the grid of {onto.name}"
+                self.ds, alpha_band = self._warped_onto(onto)
+            else:
+                target, self.resample_note = resample_target(meta, src.crs, src.res, resample, uri)
             if target is not None:
                 self.ds, alpha_band = self._warped(target)
             self.windows = WindowReader(self.ds, self.bands, uri, alpha_band=alpha_band)
@@ -125,6 +155,37 @@ class SceneReader:
             src_nodata=src.nodata, nodata=src.nodata, add_alpha=add_alpha,
         )  # fmt: skip
         return vrt, (vrt.count if add_alpha else None)
+
+    def _warped_onto(self, grid: ReadGrid) -> tuple[WarpedVRT, int | None]:
+        """The scene on ``grid`` (any CRS), with an alpha band marking where it has valid data.
+
+        Refused in one line when the scene's footprint does not reach the grid. Averaging when the scene's
+        pixels are finer than the grid's (as :meth:`_warped`), bilinear otherwise."""
+        from rasterio.warp import calculate_default_transform, transform_bounds
+
+        src = self.src
+        left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+        g_left, g_bottom, g_right, g_top = grid.bounds
+        if min(right, g_right) <= max(left, g_left) or min(top, g_top) <= max(bottom, g_bottom):
+            raise ValueError(
+                f"{self.uri}: does not overlap {grid.name} (bounds in {grid.crs.to_string()}: "
+                f"{left:.10g}, {bottom:.10g}, {right:.10g}, {top:.10g} vs {g_left:.10g}, {g_bottom:.10g}, "
+                f"{g_right:.10g}, {g_top:.10g})")
+        own, _, _ = calculate_default_transform(src.crs, grid.crs, src.width, src.height, *src.bounds)
+        down = abs(grid.transform.a) > abs(own.a) * (1 + RESAMPLE_TOLERANCE)
+        # A scene with its own alpha band keeps it (GDAL warps it, 0 outside the scene) and reads it as its
+        # mask; any other scene gets one, so the grid outside it is invalid even without a nodata value.
+        add_alpha = not any(MaskFlags.alpha in flags for flags in src.mask_flag_enums)
+        vrt = WarpedVRT(
+            src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+            resampling=Resampling.average if down else Resampling.bilinear,
+            src_nodata=src.nodata, nodata=src.nodata, add_alpha=add_alpha,
+        )  # fmt: skip
+        return vrt, (vrt.count if add_alpha else None)
+
+    def grid(self, name: str | None = None) -> ReadGrid:
+        """This reader's read grid, to read another scene onto (``SceneReader(..., onto=reader.grid())``)."""
+        return ReadGrid(self.crs, self.transform, self.width, self.height, name or self.uri)
 
     @property
     def width(self) -> int:

@@ -11,6 +11,10 @@ Datetime (STAC requires one): the scene's ``TIFFTAG_DATETIME`` when present (TIF
 read as UTC); otherwise the processing time, flagged by ``geossl:datetime_source = "processing"``, since
 a map with an unknown acquisition date is still a product made at a known time. ``created`` is always
 the processing time.
+
+Change maps (``geossl change``) get ``<before>_to_<after>_change.stac.json`` built from the same parts
+(:func:`raster_item`, :func:`add_assets`): it spans both dates (``start_datetime``/``end_datetime``, with
+``datetime`` null as STAC allows) and links ``derived_from`` both scenes.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from typing import Any
 import rasterio
 
 from geossl.io import atomic_write_json
-from geossl.predict.common import gdal_env, output_stem
+from geossl.predict.common import gdal_env
 from geossl.predict.geojson import footprint_lonlat
 
 MEDIA = {".tif": "image/tiff; application=geotiff; profile=cloud-optimized", ".png": "image/png",
-         ".geojson": "application/geo+json"}
+         ".geojson": "application/geo+json", ".csv": "text/csv"}
 ROLES = {"classes": ["data"], "probs": ["data"], "geojson": ["metadata"], "preview": ["overview"]}
 TITLES = {"classes": "land-cover classes", "probs": "class probabilities", "geojson": "classified windows",
           "preview": "scene and map preview"}
@@ -57,15 +61,9 @@ def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str]
                model_path: str | Path | None, now: dt.datetime | None = None) -> dict[str, Any]:
     """The STAC Item (a dict) describing the written outputs of one scene."""
     import pystac
-    from pystac.extensions.projection import ProjectionExtension
-    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
     classes_path = outputs["classes"]
     assert classes_path is not None
-    with rasterio.open(classes_path) as m:
-        crs, transform, shape, bounds = m.crs, m.transform, (m.height, m.width), m.bounds
-    ring = footprint_lonlat(transform, 0, 0, shape[1], shape[0], crs)
-    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
     now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
     acquired = scene_datetime(scene)
     props: dict[str, Any] = {
@@ -74,9 +72,28 @@ def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str]
         **{f"geossl:{k.lower()}": v for k, v in tags.items() if k in ("TILE_SIZE", "STRIDE", "BLEND", "TTA",
                                                                       "RESAMPLING", "MIN_VALID")},
     }
-    item = pystac.Item(id=f"{output_stem(scene)}_classes", geometry={"type": "Polygon", "coordinates": [ring]},
-                       bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=acquired or now,
-                       properties=props)
+    item = raster_item(classes_path.stem, classes_path, acquired or now, props)
+    add_assets(item, outputs, {key: (TITLES[key], ROLES[key]) for key in ("classes", "probs", "geojson", "preview")})
+    item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title="source scene"))
+    if model_path is not None:
+        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="land-cover model folder"))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def raster_item(item_id: str, raster: Path, datetime: dt.datetime | None, props: dict[str, Any]) -> Any:
+    """A ``pystac.Item`` whose footprint, bbox and projection extension are read back from ``raster``.
+
+    ``datetime`` None is allowed when ``props`` carry ``start_datetime``/``end_datetime`` (a product
+    spanning two dates, such as a change map), as STAC requires."""
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+
+    with rasterio.open(raster) as m:
+        crs, transform, shape, bounds = m.crs, m.transform, (m.height, m.width), m.bounds
+    ring = footprint_lonlat(transform, 0, 0, shape[1], shape[0], crs)
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    item = pystac.Item(id=item_id, geometry={"type": "Polygon", "coordinates": [ring]},
+                       bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=datetime, properties=props)
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = crs.to_epsg() if crs is not None else None
     if epsg is not None:
@@ -85,18 +102,23 @@ def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str]
         proj.epsg, proj.wkt2 = None, crs.to_wkt() if crs is not None else None
     proj.bbox = [bounds.left, bounds.bottom, bounds.right, bounds.top]
     proj.shape, proj.transform = list(shape), list(transform)[:6]
-    for key in ("classes", "probs", "geojson", "preview"):
+    return item
+
+
+def add_assets(item: Any, outputs: dict[str, Path | None], described: dict[str, tuple[str, list[str]]]) -> None:
+    """One asset per written output named in ``described`` (key -> (title, roles)), href relative to the
+    item; GeoTIFF assets get the raster extension's per-band description."""
+    import pystac
+    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+
+    for key, (title, roles) in described.items():
         path = outputs.get(key)
         if path is None:
             continue
-        asset = pystac.Asset(href=f"./{path.name}", media_type=MEDIA[path.suffix], roles=ROLES[key], title=TITLES[key])
+        asset = pystac.Asset(href=f"./{path.name}", media_type=MEDIA[path.suffix], roles=roles, title=title)
         item.add_asset(key, asset)
         if path.suffix == ".tif":
             _raster_bands(asset, path, RasterExtension, RasterBand, DataType)
-    item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title="source scene"))
-    if model_path is not None:
-        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="land-cover model folder"))
-    return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
 def _raster_bands(asset: Any, path: Path, raster_ext: Any, band_cls: Any, data_type: Any) -> None:
@@ -116,4 +138,52 @@ def write_scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str
     path = outputs["stac"]
     assert path is not None
     atomic_write_json(path, scene_item(outputs, scene, tags, model_path))
+    return path
+
+
+CHANGE_ASSETS = {
+    "score": ("change score: 1 - cosine similarity of the two dates' patch tokens", ["data"]),
+    "fromto": ("land-cover class per patch: band 1 before, band 2 after", ["data"]),
+    "transitions": ("land-cover transitions (from, to, hectares)", ["metadata"]),
+    "preview": ("both dates and the change score", ["overview"]),
+}
+
+
+def change_item(outputs: dict[str, Path | None], before: str, after: str, tags: dict[str, str],
+                dates: tuple[dt.datetime | None, dt.datetime | None], model_path: str | Path | None,
+                now: dt.datetime | None = None) -> dict[str, Any]:
+    """The STAC Item of a change map: it spans the two dates (``start_datetime``/``end_datetime``) when both
+    are known (from the scenes' tags or file names), else it carries the processing time, flagged as for maps."""
+    import pystac
+
+    score = outputs["score"]
+    assert score is not None
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    known = [d for d in dates if d is not None]
+    props: dict[str, Any] = {
+        "created": pystac.utils.datetime_to_str(now),
+        "geossl:datetime_source": "scenes" if len(known) == 2 else "processing",
+        **{f"geossl:{k.lower()}": v for k, v in tags.items() if k in ("TILE_SIZE", "STRIDE", "BLEND", "MIN_VALID",
+                                                                      "RESAMPLING", "SCORE")},
+    }
+    if "CLASSES" in tags:  # a land-cover model's classes, as in a class map's Item
+        props["geossl:classes"] = json.loads(tags["CLASSES"])
+    if len(known) == 2:
+        props["start_datetime"] = pystac.utils.datetime_to_str(min(known))
+        props["end_datetime"] = pystac.utils.datetime_to_str(max(known))
+    item = raster_item(score.name.removesuffix(".tif"), score, None if len(known) == 2 else now, props)
+    add_assets(item, outputs, CHANGE_ASSETS)
+    for scene, title in ((before, "scene before (the map's grid)"), (after, "scene after")):
+        item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title=title))
+    if model_path is not None:
+        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="encoder or land-cover model folder"))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def write_change_item(outputs: dict[str, Path | None], before: str, after: str, tags: dict[str, str],
+                      dates: tuple[dt.datetime | None, dt.datetime | None], model_path: str | Path | None) -> Path:
+    """Write :func:`change_item` to ``outputs["stac"]`` atomically; returns its path."""
+    path = outputs["stac"]
+    assert path is not None
+    atomic_write_json(path, change_item(outputs, before, after, tags, dates, model_path))
     return path
