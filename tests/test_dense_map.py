@@ -117,7 +117,8 @@ def test_dense_map_memory_does_not_grow_with_the_scene() -> None:
         assert d["dense"]["map_size"] == [n // 8, n // 8] and d["window"]["map_size"] == [n // 32, n // 32]
         assert d["dense"]["windows"] == d["window"]["windows"] == (n // 32) ** 2 and d["ok"]
     grow = big["dense"]["dense"]["classify_growth_mb"] - small["dense"]["dense"]["classify_growth_mb"]
-    assert grow < 40, (small["dense"], big["dense"])
+    # a held scene would add >= 96 MB; 60 leaves a measured margin over the 40 MB seen on a busy machine
+    assert grow < 60, (small["dense"], big["dense"])
 
 
 def small_splits(data: Path, out: Path, per: dict[str, int]) -> Path:
