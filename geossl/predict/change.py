@@ -45,7 +45,7 @@ from geossl.predict.common import ensure_out_dir, fill_invalid, gdal_env, output
 from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries
 from geossl.predict.reader import SceneReader
-from geossl.predict.scene import GDAL_CACHE_BYTES, _rgb_choice, _WindowGrid
+from geossl.predict.scene import GDAL_CACHE_BYTES, WindowGrid, rgb_choice
 from geossl.predict.stac import scene_datetime, write_change_item
 
 SCORE = "1 - cosine similarity of the last block's patch tokens (after the final norm), before vs after"
@@ -148,7 +148,7 @@ class _ChangeSink:
     Committed on a clean exit; on any exception nothing is left behind."""
 
     def __init__(self, outputs: dict[str, Path | None], classes: list[str] | None, tags: dict[str, str],
-                 grid: _WindowGrid, crs: Any, transform: Affine, min_valid: float) -> None:
+                 grid: WindowGrid, crs: Any, transform: Affine, min_valid: float) -> None:
         self.outputs, self.model_classes, self.tags = outputs, classes or [], tags
         k = len(self.model_classes)
         self.classes = ["score"] + [f"before {c}" for c in self.model_classes] + [f"after {c}" for c in
@@ -266,7 +266,7 @@ def change_scene(
             reader_a.check_statistics()
             reader_b.check_statistics()
         p = meta.patch_size
-        grid = _WindowGrid(dense_axis_plan(reader_a.height, tile, stride, p),
+        grid = WindowGrid(dense_axis_plan(reader_a.height, tile, stride, p),
                            dense_axis_plan(reader_a.width, tile, stride, p), tile, p, blend)
         map_t = reader_a.transform @ Affine.scale(p)
         note = reader_a.resample_note
@@ -276,7 +276,7 @@ def change_scene(
         with _ChangeSink(outputs, classes, tags, grid, reader_a.crs, map_t, min_valid) as sink:
             compared = classify_windows_dense(enc, pair_predictor(enc, model), PairReader(reader_a, reader_b), grid,
                                               sink, batch_size, min_valid, desc=output_stem(after) if progress else None)
-        rgb = _rgb_choice(meta.bands, reader_a.bands)
+        rgb = rgb_choice(meta.bands, reader_a.bands)
         rgb_bands = ([reader_a.bands[i] for i in rgb], [reader_b.bands[i] for i in rgb])
     if classes is not None and outputs["transitions"] is not None:
         write_transitions(outputs["transitions"], classes, sink.cells, sink.area)

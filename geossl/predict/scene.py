@@ -146,7 +146,7 @@ def classify_scene(
         if check_stats:
             reader.check_statistics()
         plan, cell = (partial(dense_axis_plan, cell=meta.patch_size), meta.patch_size) if dense else (axis_plan, stride)
-        grid = _WindowGrid(plan(reader.height, tile, stride), plan(reader.width, tile, stride), tile,
+        grid = WindowGrid(plan(reader.height, tile, stride), plan(reader.width, tile, stride), tile,
                            cell, blend)
         map_t = reader.transform @ Affine.scale(cell)
         note = reader.resample_note + (f"; {reader.rescaler.note()}" if reader.rescaler else "")
@@ -159,7 +159,7 @@ def classify_scene(
         with _MapWriter(outputs, classes, tags, grid, reader.crs, map_t, min_valid, probs_dtype) as sink:
             classified = run(model, predict, reader, grid, sink, batch_size, min_valid,
                              desc=stem if progress else None)
-        rgb = _rgb_choice(meta.bands, reader.bands)
+        rgb = rgb_choice(meta.bands, reader.bands)
         read_bands, stretch = list(reader.bands), scene_low_high(reader.rescaler, rgb)
     if outputs["preview"] is not None:
         p2 = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
@@ -231,7 +231,7 @@ def _check_scene_size(reader: SceneReader, scene: str, tile: int, stride: int) -
 
 
 @dataclass
-class _WindowGrid:
+class WindowGrid:
     """The row-major windows of a scene: window ``w`` is row ``w // n_cols``, column ``w % n_cols``."""
 
     rows: AxisPlan
@@ -277,7 +277,7 @@ class _MapWriter:
     (nothing left behind) on any exception."""
 
     def __init__(self, outputs: dict[str, Path | None], classes: list[str], tags: dict[str, str],
-                 grid: _WindowGrid, crs: Any, transform: Affine, min_valid: float,
+                 grid: WindowGrid, crs: Any, transform: Affine, min_valid: float,
                  probs_dtype: str = "float32") -> None:
         self.outputs, self.classes, self.tags, self.grid = outputs, classes, tags, grid
         self.common: dict[str, Any] = {"width": grid.width, "height": grid.height, "crs": crs, "transform": transform}
@@ -338,7 +338,7 @@ class _MapWriter:
         self.next_row = max(self.next_row, until)
 
 
-def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, grid: _WindowGrid,
+def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, grid: WindowGrid,
                       sink: _MapWriter, batch_size: int, min_valid: float, desc: str | None) -> int:
     """Read, classify (``predict``: raw pixels -> probabilities) and accumulate every window in row-major
     batches (the next batch is read while the model runs); returns how many windows had at least
@@ -378,7 +378,7 @@ def _add_feature(gj: Any, reader: SceneReader, classes: list[str], probs: np.nda
     })
 
 
-def _rgb_choice(model_bands: Sequence[str], read_bands: Sequence[int]) -> list[int]:
+def rgb_choice(model_bands: Sequence[str], read_bands: Sequence[int]) -> list[int]:
     """Indices (into the model's bands) to render as RGB: named red/green/blue if present, else the first three."""
     names = [b.lower() for b in model_bands]
     for triple in (("red", "green", "blue"), ("r", "g", "b"), ("b4", "b3", "b2"), ("b04", "b03", "b02")):
