@@ -72,7 +72,7 @@ class ProbeOptions:
 def resolve_device(name: str) -> str:
     """``--device`` as a torch device string, checked by the one rule classify and embed use too
     (:func:`geossl.predict.common.pick_device`), before the encoder is loaded or a feature extracted."""
-    from geossl.predict.common import pick_device
+    from geossl.devices import pick_device
 
     return str(pick_device(name))
 
