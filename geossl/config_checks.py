@@ -111,6 +111,16 @@ TRAINER_ARGS_SET_BY_GEOSSL: dict[str, str] = {
     "gradient_clip_val": "optim.clip_grad (per parameter)", "gradient_clip_algorithm": "optim.clip_grad (per parameter)",
 }
 
+# timm constructor arguments a config or an encoder's timm_kwargs may not carry, and why: geossl passes
+# these itself (a second value is a TypeError inside timm), and ``pretrained`` would download weights
+# while a run starts (runs must start offline; weights come in once, through geossl import-encoder).
+REFUSED_TIMM_KWARGS: dict[str, str] = {
+    "pretrained": "geossl never downloads weights while it runs; bring them in once with geossl import-encoder "
+                  "(--timm NAME --weights FILE) and start from that folder (model.init)",
+    "pretrained_cfg_overlay": "it only matters for downloads, which geossl never makes while it runs",
+    "drop_path_rate": "set by geossl (model.drop_path_rate)",
+}
+
 HYBRID_ARCH = re.compile(r"_r\d*_|resnet")  # timm's conv-stem hybrids: vit_tiny_r_s16_p8_224, vit_base_r50_s16_384
 
 
@@ -180,6 +190,14 @@ def check_patch_multiples(cfg: Config) -> None:
                               f"use e.g. {max(patch, size - size % patch)}")
 
 
+def check_timm_kwargs(kwargs: dict[str, Any], key: str = "key 'model.extra.{key}'") -> None:
+    """Refuse the timm arguments of :data:`REFUSED_TIMM_KWARGS`; ``key`` names where they were written
+    (``{key}`` is the argument), e.g. a config's ``model.extra`` or an encoder's ``geossl.json``."""
+    for name, why in REFUSED_TIMM_KWARGS.items():
+        if name in kwargs:
+            raise ConfigError(f"{key.format(key=name)}: not allowed ({why})")
+
+
 def check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
     """``trainer.kwargs`` keys must be real ``lightning.Trainer`` arguments that geossl does not set itself.
 
@@ -205,5 +223,6 @@ def check_values(cfg: Config) -> None:
     """All value checks of this module, in the order a reader meets the keys."""
     check_numbers(cfg)
     check_patch_multiples(cfg)
+    check_timm_kwargs(cfg.model.extra)
     check_trainer_kwargs(cfg.trainer.kwargs)
 

@@ -25,9 +25,11 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".partial", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600; outputs get the usual permissions
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # again: a writer that replaces the file (safetensors does) made it 0600
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)

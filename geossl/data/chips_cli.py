@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from geossl.data.stats_cli import parse_bands
 
@@ -58,24 +60,56 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--upload: expected an s3:// prefix, got {args.upload!r}")
     from geossl.data.shards import ChipPlan, cut_chips
     from geossl.data.uris import expand_inputs
+    from geossl.io import RunLock
 
     start = time.perf_counter()
     plan = ChipPlan(scenes=expand_inputs(args.scenes), tile_size=args.tile_size,
                     mode="grid" if args.grid else "random", count=args.count, stride=args.stride,
                     bands=parse_bands(args.bands), min_valid_fraction=args.min_valid, seed=args.seed,
                     part_size=args.part_size)
-    meta = cut_chips(plan, args.out, workers=args.workers, chunk_bytes=f"{args.chunk_mb}MB",
-                     max_open=args.max_open, index=args.index, overwrite=args.overwrite,
-                     progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - start
-    where = args.out
-    if args.upload:
-        from geossl.data.s3 import upload_dir
-
-        upload_dir(args.out, args.upload)
-        where = f"{args.out} and {args.upload}"
+    # one writer per --out: two runs would cut the same parts and replace each other's chunks
+    with RunLock(Path(args.out), what="geossl chips", option="--out"):
+        meta = _already_cut(Path(args.out), plan) if args.upload and not args.overwrite else None
+        if meta is None:
+            meta = cut_chips(plan, args.out, workers=args.workers, chunk_bytes=f"{args.chunk_mb}MB",
+                             max_open=args.max_open, index=args.index, overwrite=args.overwrite,
+                             progress=sys.stderr.isatty())
+        seconds = time.perf_counter() - start
+        where = args.out
+        if args.upload:
+            _upload(args.out, args.upload)
+            where = f"{args.out} and {args.upload}"
+    if meta.get("already_cut"):
+        print(f"chips: {meta['count']} chips already cut in {args.out}, uploaded to {args.upload}; {seconds:.1f} s")
+        return 0
     resumed = f", {meta['resumed_parts']} part(s) reused" if meta["resumed_parts"] else ""
+    if meta.get("recut_chunks"):
+        resumed += f", {meta['recut_chunks']} damaged chunk(s) cut again"
     print(f"chips: {meta['count']} chips of {meta['tile_size']} px, {meta['band_count']} bands {meta['dtype']}, "
           f"from {len(meta['scenes'])} scene(s) in {len(meta['chunk_sizes'])} chunk(s){resumed} -> {where}; "
           f"{seconds:.1f} s ({meta['count'] / max(seconds, 1e-9):.0f} chips/s)")
     return 0
+
+
+def _already_cut(out: Path, plan: Any) -> dict[str, Any] | None:
+    """The description of chips this plan already cut into ``out`` (a rerun after a failed upload then
+    only uploads), or None: nothing finished there, or chips of another plan (cut_chips refuses those)."""
+    from dataclasses import asdict
+
+    from geossl.data.shards import META_FILE, read_meta
+
+    if not (out / META_FILE).is_file():
+        return None
+    meta = read_meta(str(out))
+    return {**meta, "already_cut": True} if meta.get("plan") == asdict(plan) else None
+
+
+def _upload(out: str, prefix: str) -> None:
+    """Upload the chips; a failure keeps them and says that a rerun of the same command only uploads."""
+    from geossl.data.s3 import upload_dir
+
+    try:
+        upload_dir(out, prefix)
+    except OSError as exc:
+        raise OSError(f"--upload: {exc}; the chips in {out} are kept and a rerun of this command only "
+                      "uploads them") from None

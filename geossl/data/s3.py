@@ -90,19 +90,31 @@ def _is_current(path: Path, size: int, mtime: float | None) -> bool:
     return stat.st_size == size and (mtime is None or abs(stat.st_mtime - mtime) < 1e-3)
 
 
-def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str) -> list[str]:
-    """Upload every file below ``local_dir`` (recursive) to ``s3://bucket/prefix/<relative path>``."""
+def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str, skip: tuple[str, ...] = (".lock",)) -> list[str]:
+    """Upload every file below ``local_dir`` (recursive) to ``s3://bucket/prefix/<relative path>``.
+
+    Files named in ``skip`` (the folder's :class:`geossl.io.RunLock` file) stay local. No credentials,
+    no network, a missing bucket or a refusal raise one ``OSError`` line naming the prefix and the cause,
+    not botocore's traceback.
+    """
+    import boto3.exceptions
+    from botocore.exceptions import BotoCoreError, ClientError
+
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise FileNotFoundError(f"{local_dir}: no such folder to upload")
     bucket, key = split_s3_uri(s3_uri)
     prefix = key if not key or key.endswith("/") else key + "/"
-    client = s3_client()
     uploaded = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        object_key = prefix + path.relative_to(local_dir).as_posix()
-        client.upload_file(str(path), bucket, object_key)
-        uploaded.append(f"s3://{bucket}/{object_key}")
+    try:
+        client = s3_client()
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in skip):
+            object_key = prefix + path.relative_to(local_dir).as_posix()
+            client.upload_file(str(path), bucket, object_key)
+            uploaded.append(f"s3://{bucket}/{object_key}")
+    except (BotoCoreError, ClientError, boto3.exceptions.Boto3Error) as exc:
+        cause = " ".join(str(exc).split())  # one line, whatever botocore's message holds
+        raise OSError(f"s3://{bucket}/{prefix}: upload failed after {len(uploaded)} file(s) ({cause})") from None
     return uploaded
 
 

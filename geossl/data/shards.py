@@ -12,7 +12,10 @@ Each item keeps a chip's raw pixels (the scenes' dtype), its valid mask, window,
 its scene (an index into ``geossl_chips.json``'s scene list), so a chip can always be traced back.
 
 Resumable: the chips are cut in *parts* (each a complete LitData dataset once its ``index.json``
-exists); an interrupted ``geossl chips`` reruns only the parts without one, then merges them.
+exists); an interrupted ``geossl chips`` reruns only the parts without one, then merges them. A part
+with one is checked first (each chunk's size against ``index.json``, its sha256 against the part's
+``geossl_checksums.json``) and cut again when a chunk does not match: LitData would trust it and fail
+only when training reads it.
 
 Reading is map-style (:class:`ShardDataset`), so the pretraining sampler's seeded per-epoch order,
 mid-epoch resumption and DDP sharding apply unchanged; its order is *chunk-local*
@@ -43,6 +46,7 @@ from geossl.io import atomic_write_json
 META_FILE = "geossl_chips.json"
 INDEX_FILE = "index.json"  # LitData's: present = a complete dataset
 PARTS_DIR = ".parts"
+CHECKSUMS_FILE = "geossl_checksums.json"  # in each part: sha256 of its chunks, checked on resume
 FORMAT = "geossl-chips"
 
 
@@ -102,6 +106,40 @@ def _part_done(folder: Path) -> bool:
     return (folder / INDEX_FILE).is_file()
 
 
+def _record_checksums(folder: Path) -> None:
+    """Write the sha256 of each chunk of a just-cut part, so a resumed run can tell a damaged chunk."""
+    from geossl.data.fetch import file_hash
+
+    chunks = json.loads((folder / INDEX_FILE).read_text()).get("chunks") or []
+    atomic_write_json(folder / CHECKSUMS_FILE,
+                      {c["filename"]: file_hash(folder / c["filename"], "sha256") for c in chunks})
+
+
+def _damaged_chunks(folder: Path) -> int:
+    """How many chunks of a finished part are missing, of another size than ``index.json`` records, or
+    (where the part has :data:`CHECKSUMS_FILE`) of another sha256: LitData trusts ``index.json`` and
+    would fail only when training reads the chunk. A part without checksums (cut before they were
+    recorded) gets them now, after its sizes are checked."""
+    from geossl.data.fetch import file_hash
+
+    try:
+        chunks = json.loads((folder / INDEX_FILE).read_text()).get("chunks") or []
+    except (OSError, ValueError):
+        return 1  # an unreadable index: the part is cut again
+    sums_file = folder / CHECKSUMS_FILE
+    sums = json.loads(sums_file.read_text()) if sums_file.is_file() else None
+    damaged = 0
+    for chunk in chunks:
+        path = folder / chunk["filename"]
+        size = path.stat().st_size if path.is_file() else -1
+        if size != int(chunk["chunk_bytes"]) or (
+                sums is not None and sums.get(chunk["filename"]) != file_hash(path, "sha256")):
+            damaged += 1
+    if not damaged and sums is None:
+        _record_checksums(folder)
+    return damaged
+
+
 def _has_chunks(folder: Path) -> bool:
     index = json.loads((folder / INDEX_FILE).read_text())
     return bool(index.get("config")) and bool(index.get("chunks"))
@@ -143,26 +181,32 @@ def cut_chips(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1, 
     parts = _start_or_resume(out, plan, overwrite)
     cutter = ChipCutter(dataset)
     n_parts = math.ceil(len(specs) / plan.part_size)
-    done_before = 0
+    done_before = recut_chunks = 0
     for k in range(n_parts):
         folder = parts / f"part-{k:05d}"
         if _part_done(folder):
-            done_before += 1
-            continue
+            damaged = _damaged_chunks(folder)
+            if not damaged:
+                done_before += 1
+                continue
+            recut_chunks += damaged  # a truncated or altered chunk: its whole part is cut again
         shutil.rmtree(folder, ignore_errors=True)  # an interrupted part is cut again from its start
         litdata.optimize(fn=cutter, inputs=specs[k * plan.part_size : (k + 1) * plan.part_size],
                          output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=max(1, workers),
                          verbose=progress, reorder_files=False, start_method="fork")
+        _record_checksums(folder)
     # a part whose windows were all below min_valid holds no chunk (LitData leaves its config empty)
     folders = [str(parts / f"part-{k:05d}") for k in range(n_parts) if _has_chunks(parts / f"part-{k:05d}")]
     if not folders:
         raise ValueError(f"no chip of the {len(dataset.scenes)} scene(s) has {plan.min_valid_fraction:.0%} valid pixels")
     if len(folders) == 1:
         for item in Path(folders[0]).iterdir():
-            os.replace(item, out / item.name)
+            if item.name != CHECKSUMS_FILE:
+                os.replace(item, out / item.name)
     else:
         litdata.merge_datasets(folders, str(out), max_workers=max(1, workers))
     meta = _describe(out, plan, dataset, resumed_parts=done_before, parts=n_parts)
+    meta["recut_chunks"] = recut_chunks
     atomic_write_json(out / META_FILE, meta)
     shutil.rmtree(parts, ignore_errors=True)
     return meta

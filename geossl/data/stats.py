@@ -159,6 +159,7 @@ def compute_stats(
             source if isinstance(source, list) else str(source), tile_size=tile_size, length=n_tiles,
             bands=bands, min_valid_fraction=0.0, seed=seed,
         )  # fmt: skip
+        _refuse_mixed_dtypes(dataset.scenes)
         sources = [s.uri for s in dataset.scenes]
     elif kind == "shards":
         from geossl.data.shards import ShardDataset, ShardSample
@@ -194,3 +195,13 @@ def compute_stats(
         bands=[f"band_{b}" for b in band_indexes], mean=mean, std=std, p2=p2, p98=p98,
         dtype=dataset.dtype, n_pixels=int(acc.count), sources=sources, skipped_files=skipped,
     )  # fmt: skip
+
+
+def _refuse_mixed_dtypes(scenes: list[Any]) -> None:
+    """One set of statistics holds one unit: a uint8 scene (0-255) beside a uint16 one (reflectance x 10000)
+    would give a mean and percentiles that fit neither, and training would normalise both wrongly."""
+    first = scenes[0]
+    other = next((s for s in scenes if s.dtype != first.dtype), None)
+    if other is not None:
+        raise ValueError(f"{first.uri} is {first.dtype} but {other.uri} is {other.dtype}: one set of statistics "
+                         "cannot mix pixel units; compute statistics for each dtype separately")

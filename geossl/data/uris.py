@@ -45,10 +45,21 @@ def _has_ext(name: str, exts: tuple[str, ...]) -> bool:
 
 
 def _walk(folder: Path, exts: tuple[str, ...]) -> list[str]:
-    """Raster files below ``folder`` (recursive), hidden files and folders skipped, sorted."""
+    """Raster files below ``folder`` (recursive), hidden files and folders skipped, sorted.
+
+    Symlinked folders are followed (a dataset assembled from links to other disks is a folder like any
+    other; ``os.walk`` would skip them silently), each real folder once, so a link to an ancestor or two
+    links to one folder neither loop nor list a file twice.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # sorted: the same link wins each run
         found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and _has_ext(f, exts))
     return sorted(found)
 

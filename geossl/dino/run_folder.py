@@ -51,12 +51,21 @@ def clean_partial_files(*folders: Path) -> int:
     return removed
 
 
-def check_writable(*folders: Path) -> None:
-    """Create each folder and write a probe file in it; a read-only folder or a full disk names the path."""
+def check_writable(*folders: Path, create: bool = True) -> None:
+    """Create each folder and write a probe file in it; a read-only folder or a full disk names the path.
+
+    ``create=False`` (the encoder's export folder: one that exists must hold a working encoder) leaves a
+    missing folder missing and probes the nearest folder above it that exists, where it will be made.
+    """
     for folder in folders:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}.partial"
+            target = folder
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                while not target.is_dir() and target.parent != target:
+                    target = target.parent
+            probe = target / f".write-test-{os.getpid()}.partial"
             probe.write_bytes(b"0" * 4096)
             probe.unlink()
         except OSError as exc:

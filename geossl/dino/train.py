@@ -156,6 +156,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     ckpt = _resume_point(paths.run_dir, paths.checkpoint_dir, resume)
     if is_launching_process():
         check_writable(paths.run_dir, paths.checkpoint_dir)
+        check_writable(paths.export_dir, create=False)  # a read-only export folder, found now, not after training
         clean_partial_files(paths.run_dir, paths.checkpoint_dir, paths.export_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 

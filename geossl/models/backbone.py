@@ -10,6 +10,8 @@ import torch.nn as nn
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 
+from geossl.config_checks import ConfigError, check_timm_kwargs
+
 
 def backbone_kwargs(
     in_chans: int,
@@ -34,14 +36,54 @@ def backbone_kwargs(
     return kwargs
 
 
-def create_backbone(arch: str, kwargs: dict[str, Any], drop_path_rate: float = 0.0) -> nn.Module:
-    """Create a randomly initialised timm ViT; never downloads weights."""
+# the arguments backbone_kwargs sets from the data and crops: never the culprit of a bad model.extra
+GEOSSL_KWARGS = ("in_chans", "img_size", "num_classes", "dynamic_img_size")
+
+
+def create_backbone(arch: str, kwargs: dict[str, Any], drop_path_rate: float = 0.0,
+                    key: str = "key 'model.extra.{key}'") -> nn.Module:
+    """Create a randomly initialised timm ViT; never downloads weights.
+
+    ``key`` names where the arguments were written (``{key}``: the argument): a config's ``model.extra``,
+    an encoder's ``geossl.json`` or ``--timm-kwargs``. A refused argument (``pretrained``) or one timm
+    cannot use (``depth: six``, which timm reports as a TypeError deep inside) is one ConfigError line
+    naming it, not a traceback.
+    """
     if not arch.startswith(("vit_", "deit", "eva")):
         raise ValueError(f"model.arch: {arch!r} is not a timm ViT (expected e.g. vit_small_patch16_224)")
+    check_timm_kwargs(kwargs, key)
     try:
         return timm.create_model(arch, pretrained=False, drop_path_rate=drop_path_rate, **kwargs)
     except RuntimeError as exc:
-        raise ValueError(f"model.arch: timm cannot create {arch!r} ({exc})") from None
+        raise ValueError(f"model.arch: timm cannot create {arch!r} ({_first_line(exc)})") from None
+    except (TypeError, ValueError, AssertionError) as exc:
+        culprit = _culprit(arch, kwargs)
+        names = [k for k in kwargs if k not in GEOSSL_KWARGS]
+        where = key.format(key=culprit or "{" + ", ".join(names) + "}")
+        given = f"{culprit}={kwargs[culprit]!r}" if culprit else ", ".join(f"{k}={kwargs[k]!r}" for k in names)
+        raise ConfigError(f"{where}: timm cannot build {arch!r} with {given} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _culprit(arch: str, kwargs: dict[str, Any]) -> str | None:
+    """The first argument that alone stops timm from building ``arch`` (tried on the meta device: no
+    memory, milliseconds), or None when only a combination fails (e.g. embed_dim with num_heads)."""
+    def builds(**overrides: Any) -> bool:
+        try:
+            with torch.device("meta"):
+                timm.create_model(arch, pretrained=False, **{**base, **overrides})
+        except Exception:  # noqa: BLE001 (any failure counts against the argument tried)
+            return False
+        return True
+
+    base = {k: v for k, v in kwargs.items() if k in GEOSSL_KWARGS}
+    if not builds():  # the arch cannot be built on the meta device at all: no argument can be blamed
+        return None
+    return next((name for name, value in kwargs.items() if name not in GEOSSL_KWARGS and not builds(**{name: value})),
+                None)
 
 
 def check_maskable(vit: nn.Module) -> None:

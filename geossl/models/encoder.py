@@ -244,7 +244,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", random_in
     meta = read_meta(path)
     if problems := meta_problems(meta):
         raise ValueError(f"{path / META_FILE if path.is_dir() else path}: unusable encoder: {_joined(problems)}")
-    backbone = create_backbone(meta.timm_name, meta.timm_kwargs)
+    where = str(path / META_FILE if path.is_dir() else path).replace("{", "{{").replace("}", "}}")
+    backbone = create_backbone(meta.timm_name, meta.timm_kwargs, key=where + ": timm_kwargs.{key}")
     if not random_init:
         weights = path / WEIGHTS_FILE
         if not weights.exists():

@@ -102,7 +102,10 @@ def _import(args: argparse.Namespace) -> Encoder:
     sources = [s for s in (args.timm, args.torchgeo, args.from_dir) if s]
     if len(sources) != 1:
         raise ValueError("name exactly one source: --timm NAME, --torchgeo WEIGHTS or --from ENCODER_DIR")
-    kwargs: dict[str, Any] = json.loads(args.timm_kwargs)
+    try:
+        kwargs: dict[str, Any] = json.loads(args.timm_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--timm-kwargs: not valid JSON ({exc})") from None
     if not isinstance(kwargs, dict):
         raise ValueError("--timm-kwargs: expected a JSON object")
     adapt_bands = parse_band_list(args.adapt_bands, "--adapt-bands") if args.adapt_bands else None

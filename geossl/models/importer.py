@@ -95,7 +95,7 @@ def import_weights(
     """Read ``weights`` (any supported layout) into ``timm_name`` reading ``bands``; exact or an error."""
     check_unique(bands, "--bands")
     kwargs = _import_kwargs(timm_name, len(bands), img_size, patch_size, timm_kwargs)
-    backbone = create_backbone(timm_name, kwargs)
+    backbone = create_backbone(timm_name, kwargs, key="--timm-kwargs: {key}")
     state, layout = unwrap_checkpoint(read_weights_file(weights), which)
     state = to_model_state(state, backbone)
     conv_name, _ = input_conv(backbone, len(bands))
@@ -149,7 +149,7 @@ def adapt_encoder(
         kwargs["img_size"] = int(img_size)
     if patch_size is not None:
         kwargs["patch_size"] = int(patch_size)
-    backbone = create_backbone(meta.timm_name, kwargs)
+    backbone = create_backbone(meta.timm_name, kwargs, key="--timm-kwargs: {key}")
     state = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
     if mapping is not None:
         conv_name, source_conv = input_conv(encoder.backbone, meta.in_chans)

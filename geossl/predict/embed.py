@@ -40,7 +40,7 @@ from geossl.predict.common import (
 from geossl.predict.geojson import footprint_lonlat
 from geossl.predict.reader import SceneReader
 from geossl.predict.scene import GDAL_CACHE_BYTES
-from geossl.predict.tiles import iter_tiles, split_inputs
+from geossl.predict.tiles import iter_tiles, skipped_note, split_inputs
 
 ROW_GROUP = 4096
 
@@ -149,7 +149,7 @@ class EmbedResult:
     seconds: float
 
     def summary(self) -> str:
-        extra = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        extra = skipped_note(self.skipped)
         return f"embed: {self.rows} rows x {self.dim} dims in {self.seconds:.1f} s -> {self.path}{extra}"
 
 

@@ -23,6 +23,7 @@ import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import rasterio
 
@@ -57,6 +58,16 @@ def href_of(uri: str | Path) -> str:
     return str(Path(text).resolve())
 
 
+def link_href(uri: str | Path) -> str:
+    """A STAC link target as a URI reference: :func:`href_of`, percent-encoded (a space in a file name is
+    ``%20``: STAC hrefs are URIs, and readers split unencoded ones). URLs given as URLs are kept."""
+    text = href_of(uri)
+    if text.startswith("s3://"):
+        bucket, _, key = text[len("s3://"):].partition("/")
+        return f"s3://{bucket}/{quote(key)}"
+    return text if "://" in text or text.startswith("/vsi") else quote(text)
+
+
 def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str],
                model_path: str | Path | None, now: dt.datetime | None = None) -> dict[str, Any]:
     """The STAC Item (a dict) describing the written outputs of one scene."""
@@ -74,9 +85,9 @@ def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str]
     }
     item = raster_item(classes_path.stem, classes_path, acquired or now, props)
     add_assets(item, outputs, {key: (TITLES[key], ROLES[key]) for key in ("classes", "probs", "geojson", "preview")})
-    item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title="source scene"))
+    item.add_link(pystac.Link("derived_from", link_href(scene), media_type="image/tiff", title="source scene"))
     if model_path is not None:
-        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="land-cover model folder"))
+        item.add_link(pystac.Link("geossl:model", link_href(model_path), title="land-cover model folder"))
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
@@ -115,7 +126,7 @@ def add_assets(item: Any, outputs: dict[str, Path | None], described: dict[str, 
         path = outputs.get(key)
         if path is None:
             continue
-        asset = pystac.Asset(href=f"./{path.name}", media_type=MEDIA[path.suffix], roles=roles, title=title)
+        asset = pystac.Asset(href=f"./{quote(path.name)}", media_type=MEDIA[path.suffix], roles=roles, title=title)
         item.add_asset(key, asset)
         if path.suffix == ".tif":
             _raster_bands(asset, path, RasterExtension, RasterBand, DataType)
@@ -174,9 +185,9 @@ def change_item(outputs: dict[str, Path | None], before: str, after: str, tags: 
     item = raster_item(score.name.removesuffix(".tif"), score, None if len(known) == 2 else now, props)
     add_assets(item, outputs, CHANGE_ASSETS)
     for scene, title in ((before, "scene before (the map's grid)"), (after, "scene after")):
-        item.add_link(pystac.Link("derived_from", href_of(scene), media_type="image/tiff", title=title))
+        item.add_link(pystac.Link("derived_from", link_href(scene), media_type="image/tiff", title=title))
     if model_path is not None:
-        item.add_link(pystac.Link("geossl:model", href_of(model_path), title="encoder or land-cover model folder"))
+        item.add_link(pystac.Link("geossl:model", link_href(model_path), title="encoder or land-cover model folder"))
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 

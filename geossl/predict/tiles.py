@@ -125,9 +125,17 @@ def read_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None = None) -
 
     GeoTIFFs go through :class:`geossl.data.raster.WindowReader` (one window: the whole file), so a tile
     is masked exactly like a scene window; JPEG/PNG chips have no nodata and get the same rule's finite test.
+    A tile smaller than one patch of the model is a TileReadError too: the encoder cannot see it, and in a
+    folder it must be skipped and named, not abort the batch it would have joined.
     """
-    if _uses_pil(uri):
-        return _read_pil_tile(uri, meta, bands)
+    tile = _read_pil_tile(uri, meta, bands) if _uses_pil(uri) else _read_raster_tile(uri, meta, bands)
+    _, height, width = tile.image.shape
+    if min(height, width) < meta.patch_size:
+        raise TileReadError(f"{uri}: {width}x{height} px is smaller than one {meta.patch_size} px patch of the model")
+    return tile
+
+
+def _read_raster_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None) -> Tile:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain chips have no georeferencing
         try:
@@ -171,6 +179,16 @@ def iter_tiles(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | No
             print(f"warning: skipping {exc}", file=sys.stderr)
 
 
+def skipped_note(skipped: Sequence[str]) -> str:
+    """``", 2 unreadable skipped: a.tif, tiny.png"``: the summary names the files, not just a count (the
+    reasons were printed as each was met); empty when nothing was skipped."""
+    if not skipped:
+        return ""
+    names = [reason.split(": ", 1)[0] for reason in skipped[:3]]
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f", {len(skipped)} unreadable skipped: {', '.join(names)}{more}"
+
+
 def batched_by_shape(tiles: Iterator[Tile], batch_size: int) -> Iterator[list[Tile]]:
     """Consecutive tiles of one shape, at most ``batch_size`` at a time (a batch is one stacked array)."""
     batch: list[Tile] = []
@@ -195,7 +213,7 @@ class TilesResult:
     def summary(self) -> str:
         top = sorted(self.class_counts.items(), key=lambda kv: -kv[1])[:3]
         share = ", ".join(f"{k} {v}" for k, v in top if v)
-        extra = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        extra = skipped_note(self.skipped)
         geo = f" + {self.geojson}" if self.geojson else " (not georeferenced: no GeoJSON)"
         return f"{self.tiles} tiles in {self.seconds:.1f} s -> {self.csv}{geo} ({share}{extra})"
 

@@ -141,6 +141,10 @@ def _check_counts(table: SplitTable, stratified: bool) -> None:
 
     For a stratified split, a too-small class is the cause of any empty split, so it is named first.
     """
+    if len(table.classes) < 2:  # every class is in every split (below): one class overall is one in train
+        named = f"one class ({table.classes[0]!r})" if table.classes else "no class"
+        raise ValueError(f"{table.source}: {named} in the train split; a probe needs at least 2 classes (with one, "
+                         "every prediction is right and top-1 reads 100 %)")
     counts = table.counts()
     for split in SPLIT_NAMES if not stratified else ():
         if counts[split]["total"] == 0:
