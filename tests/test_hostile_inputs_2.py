@@ -306,3 +306,15 @@ def test_stac_hrefs_are_percent_encoded(tmp_path: Path) -> None:
         assert (res.stac.parent / unquote(asset["href"])).is_file()
     links = {link["rel"]: unquote(link["href"]) for link in item["links"]}
     assert links["derived_from"] == str(scene.resolve()) and links["geossl:model"] == str(model_dir.resolve())
+
+
+def test_cutting_chips_leaves_the_callers_ctrl_c_handler_in_place(tmp_path: Path, shared_data: Path) -> None:
+    """Regression: LitData installs its own SIGINT handler while it writes chunks and never restores the
+    caller's, so Ctrl-C in a program that cut chips (and a later pretrain in the same process) misbehaved."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    scene = shared_data / "scenes" / "naip_5m_north_dakota_2019.tif"
+    assert main(["chips", "--scenes", str(scene), "--out", str(tmp_path / "chips"), "--tile-size", "64",
+                     "--count", "8", "--workers", "1"]) == 0
+    assert signal.getsignal(signal.SIGINT) is before

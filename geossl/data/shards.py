@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -191,9 +192,14 @@ def cut_chips(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1, 
                 continue
             recut_chunks += damaged  # a truncated or altered chunk: its whole part is cut again
         shutil.rmtree(folder, ignore_errors=True)  # an interrupted part is cut again from its start
-        litdata.optimize(fn=cutter, inputs=specs[k * plan.part_size : (k + 1) * plan.part_size],
-                         output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=max(1, workers),
-                         verbose=progress, reorder_files=False, start_method="fork")
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            litdata.optimize(fn=cutter, inputs=specs[k * plan.part_size : (k + 1) * plan.part_size],
+                             output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=max(1, workers),
+                             verbose=progress, reorder_files=False, start_method="fork")
+        finally:
+            # LitData's DataProcessor installs its own SIGINT handler and never puts the caller's back
+            signal.signal(signal.SIGINT, sigint)
         _record_checksums(folder)
     # a part whose windows were all below min_valid holds no chunk (LitData leaves its config empty)
     folders = [str(parts / f"part-{k:05d}") for k in range(n_parts) if _has_chunks(parts / f"part-{k:05d}")]
