@@ -96,7 +96,7 @@ def measure_step(preset: str, batch: int, compile_model: bool, args: argparse.Na
 
 def measure_augment(preset: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """MultiCropAugment alone on uint8 input (value_range 0-255, every op on with the recipe's p)."""
-    from geossl.augment import MultiCropAugment
+    from geossl.dino.augment import MultiCropAugment
 
     cfg = C.bench_config(preset, batch, args.n_local, False)
     aug = MultiCropAugment(cfg.augment, [110.0] * args.bands, [55.0] * args.bands, (0.0, 255.0)).to(device)

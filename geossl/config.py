@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from geossl import choices
 from geossl.config_checks import ConfigError, check_values
 
 
@@ -56,7 +57,7 @@ class ModelConfig:
     drop_path_rate: float = 0.1  # student only; the teacher has none
     # timm arguments forwarded verbatim (e.g. {depth: 6}); recorded in the exported encoder.
     extra: dict[str, Any] = field(default_factory=dict)
-    # The exported encoder's default probe features (geossl.models.encoder.FEATURE_RECIPES).
+    # The exported encoder's default probe features (one of geossl.choices.FEATURE_RECIPES).
     feature_recipe: str = "cls_last4"
     # Continue from a pretrained encoder folder (geossl import-encoder / pretrain output) or a geossl run
     # folder (its DINO head too): arch, patch_size and extra then come from the encoder; its bands are
@@ -403,19 +404,27 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+def _one_of(values: tuple[str, ...]) -> str:
+    """``('a', 'b', 'c')`` -> ``"'a', 'b' or 'c'"``, as the messages have always named the choices."""
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def validate(cfg: Config) -> None:
     """Checks the types cannot express: choices here, numbers and ranges in :mod:`geossl.config_checks`."""
-    if cfg.data.kind not in ("patches", "scenes", "shards"):
-        raise ConfigError(f"key 'data.kind': expected 'patches', 'scenes' or 'shards', got {cfg.data.kind!r}")
-    if cfg.trainer.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+    if cfg.data.kind not in choices.DATA_KINDS:
+        raise ConfigError(f"key 'data.kind': expected {_one_of(choices.DATA_KINDS)}, got {cfg.data.kind!r}")
+    if cfg.trainer.accelerator not in choices.ACCELERATORS:
         raise ConfigError(f"key 'trainer.accelerator': unknown accelerator {cfg.trainer.accelerator!r}")
-    recipes = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # models.encoder.FEATURE_RECIPES
-    if cfg.model.feature_recipe not in recipes:
-        raise ConfigError(f"key 'model.feature_recipe': expected one of {list(recipes)}, got {cfg.model.feature_recipe!r}")
-    if cfg.model.init_new_bands not in ("zero", "mean"):
-        raise ConfigError(f"key 'model.init_new_bands': expected 'zero' or 'mean', got {cfg.model.init_new_bands!r}")
-    if cfg.loss.centering not in ("center", "sinkhorn_knopp"):
-        raise ConfigError(f"key 'loss.centering': expected 'center' or 'sinkhorn_knopp', got {cfg.loss.centering!r}")
-    if cfg.loss.ibot_mask_mode not in ("block", "random"):
-        raise ConfigError(f"key 'loss.ibot_mask_mode': expected 'block' or 'random', got {cfg.loss.ibot_mask_mode!r}")
+    if cfg.model.feature_recipe not in choices.FEATURE_RECIPES:
+        raise ConfigError(f"key 'model.feature_recipe': expected one of {list(choices.FEATURE_RECIPES)}, "
+                          f"got {cfg.model.feature_recipe!r}")
+    if cfg.model.init_new_bands not in choices.NEW_BAND_POLICIES:
+        raise ConfigError(f"key 'model.init_new_bands': expected {_one_of(choices.NEW_BAND_POLICIES)}, "
+                          f"got {cfg.model.init_new_bands!r}")
+    if cfg.loss.centering not in choices.CENTERINGS:
+        raise ConfigError(f"key 'loss.centering': expected {_one_of(choices.CENTERINGS)}, got {cfg.loss.centering!r}")
+    if cfg.loss.ibot_mask_mode not in choices.IBOT_MASK_MODES:
+        raise ConfigError(f"key 'loss.ibot_mask_mode': expected {_one_of(choices.IBOT_MASK_MODES)}, "
+                          f"got {cfg.loss.ibot_mask_mode!r}")
     check_values(cfg)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geossl.augment import MultiCropAugment
 from geossl.config import AugmentConfig
+from geossl.dino.augment import MultiCropAugment
 
 OFF = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": [0.0, 0.0, 0.0], "solarize_p": 0.0}
 

@@ -118,7 +118,11 @@ def test_failing_scenes_are_recorded_and_the_others_go_on(scenes_dir: Path, mode
         reason = records[name]["reason"]
         assert str(src / name) in reason and words in reason and "\n" not in reason
     # nothing half-written: no outputs of the failed scenes, no temporaries
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("a_")) == [".lock", MANIFEST_NAME]
+    # (the folder's products over the one finished map: predict.collection)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("a_")) == [
+        ".lock", "areas.csv", "classes.vrt", "collection.json", MANIFEST_NAME]
+    assert [r.split(",")[0] for r in (out / "areas.csv").read_text().splitlines()[1:]] == ["a"] * len(
+        (out / "areas.csv").read_text().splitlines()[1:])  # only the done scene is in the products
 
     copy(scenes_dir / NAIP, src / "b.tif")  # fixed; c and d still broken
     assert classify(models["a"], [src], out, "--no-check-stats") == 1

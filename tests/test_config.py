@@ -41,7 +41,7 @@ def test_unstable_teacher_temperature_refused():
 
 
 def test_feature_recipe_is_checked_against_the_encoder_recipes():
-    from geossl.models.encoder import FEATURE_RECIPES
+    from geossl.choices import FEATURE_RECIPES
 
     for recipe in FEATURE_RECIPES:
         assert load_config(None, [f"model.feature_recipe={recipe}"]).model.feature_recipe == recipe

@@ -10,7 +10,8 @@ import pytest
 import rasterio
 import torch
 
-from geossl.data.s3 import gdal_s3_options, rasterio_env, s3_client, sync_prefix, upload_dir
+from geossl.data.raster import raster_env
+from geossl.data.s3 import gdal_s3_options, s3_client, sync_prefix, upload_dir
 from geossl.data.scenes import GridTiles, RandomTileDataset, scene_info
 from geossl.data.uris import expand_inputs
 
@@ -50,7 +51,7 @@ def test_tiles_over_vsis3_equal_local(bucket: str, scenes_dir: Path) -> None:
         assert torch.equal(remote_grid[k]["transform"], local_grid[k]["transform"])
 
 
-def test_rasterio_env_derives_gdal_endpoint_from_aws_endpoint_url(
+def test_raster_env_derives_gdal_endpoint_from_aws_endpoint_url(
     bucket: str, moto_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
@@ -58,8 +59,14 @@ def test_rasterio_env_derives_gdal_endpoint_from_aws_endpoint_url(
     assert gdal_s3_options() == {
         "AWS_S3_ENDPOINT": moto_server.removeprefix("http://"), "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
     }  # fmt: skip
-    with rasterio_env(), rasterio.open(f"/vsis3/geo-data/scenes/{SCENE}") as src:
+    uri = f"/vsis3/geo-data/scenes/{SCENE}"
+    with raster_env(uri), rasterio.open(uri) as src:
         assert src.count == 3 and src.read(1, window=((300, 302), (300, 302))).shape == (2, 2)
+    # with GDAL options too (classify's block cache), and a list of paths of which one is on S3
+    with raster_env(["/tmp/local.tif", uri], GDAL_CACHEMAX=8 << 20), rasterio.open(uri) as src:
+        config = rasterio.env.getenv()
+        assert config["GDAL_CACHEMAX"] == 8 << 20 and config["AWS_HTTPS"] == "NO"
+        assert config["AWS_VIRTUAL_HOSTING"] == "FALSE" and src.count == 3
     tiles = RandomTileDataset(f"s3://geo-data/scenes/{SCENE}", tile_size=16, length=2)
     assert tiles[1]["image"].shape == (3, 16, 16)
 

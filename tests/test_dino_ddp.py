@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from dino_helpers import make_patch_folder
 
-from geossl.dino.loss import DINOLoss
+from geossl.dino.objective.loss import DINOLoss
 
 TESTS = Path(__file__).parent
 

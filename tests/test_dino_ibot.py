@@ -9,8 +9,8 @@ import torch
 from dino_helpers import TINY
 
 from geossl.config import load_config
-from geossl.dino.ibot import IBOTPatchLoss, PatchMasks, select_patches
 from geossl.dino.module import DINOModule
+from geossl.dino.objective.ibot import IBOTPatchLoss, PatchMasks, select_patches
 from geossl.models.backbone import forward_features_masked
 
 STATS = {"bands": ["r", "g", "b"], "mean": [0.0] * 3, "std": [1.0] * 3, "p2": [0.0] * 3, "p98": [1.0] * 3}

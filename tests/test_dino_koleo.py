@@ -6,8 +6,8 @@ import torch
 from dino_helpers import TINY
 
 from geossl.config import ConfigError, load_config
-from geossl.dino.koleo import koleo_loss
 from geossl.dino.module import DINOModule
+from geossl.dino.objective.koleo import koleo_loss
 
 STATS = {"bands": ["r", "g", "b"], "mean": [0.0] * 3, "std": [1.0] * 3, "p2": [0.0] * 3, "p98": [1.0] * 3}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geossl.dino.loss import DINOLoss
+from geossl.dino.objective.loss import DINOLoss
 
 
 def reference_dino_loss(student, teacher, center, student_temp, teacher_temp, center_momentum):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geossl.config import ConfigError, load_config
-from geossl.dino.masking import draw_masks, mask_counts
+from geossl.dino.objective.masking import draw_masks, mask_counts
 
 
 def _gen(seed):

@@ -6,8 +6,8 @@ from dino_helpers import make_patch_folder, tiny_config
 
 from geossl.dino.callbacks import MetricPrinter, metric_line
 from geossl.dino.checkpoint import find_resume_checkpoint, load_checkpoint_file
-from geossl.dino.loss import DINOLoss
 from geossl.dino.module import NonFiniteLossError
+from geossl.dino.objective.loss import DINOLoss
 from geossl.dino.train import pretrain
 
 

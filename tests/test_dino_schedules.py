@@ -6,7 +6,7 @@ import pytest
 
 from geossl.config import load_config
 from geossl.dino.module import DINOModule
-from geossl.dino.schedules import cosine_schedule, linear_warmup_constant
+from geossl.dino.objective.schedules import cosine_schedule, linear_warmup_constant
 
 
 def test_cosine_schedule_values():

@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from geossl.config import ConfigError, load_config
-from geossl.dino.loss import DINOLoss
-from geossl.dino.sinkhorn import sinkhorn_knopp
+from geossl.dino.objective.loss import DINOLoss
+from geossl.dino.objective.sinkhorn import sinkhorn_knopp
 
 
 def reference_sinkhorn(logits, temperature, n_iterations):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from geossl.cli import main, positive_int
-from geossl.predict.common import pick_device
+from geossl.devices import pick_device
 
 
 def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:

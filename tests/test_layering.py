@@ -33,9 +33,21 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_higher_ones(layer):
     offenders = []
-    for path in sorted((PACKAGE / layer).glob("*.py")):
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
         for name in imported_modules(path):
             if name.startswith(FORBIDDEN[layer]):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_the_dino_objective_needs_no_training_machinery():
+    """dino/objective/ (losses, centring, masking, schedules) is plain torch: no Lightning, no config, no
+    other part of geossl, so it can be read and tested alone."""
+    offenders = []
+    for path in sorted((PACKAGE / "dino" / "objective").rglob("*.py")):
+        for name in imported_modules(path):
+            if name.startswith(("lightning", "pytorch_lightning")) or (
+                    name.startswith("geossl") and not name.startswith("geossl.dino.objective")):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
     assert not offenders, offenders
 

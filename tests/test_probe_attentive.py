@@ -34,7 +34,6 @@ from geossl.models.landcover import (  # noqa: E402
 )
 from geossl.predict import classify_scene, classify_tiles  # noqa: E402
 from geossl.probe import attentive as attentive_mod  # noqa: E402
-from geossl.probe import cli as probe_cli  # noqa: E402
 from geossl.probe.attentive import train_attentive  # noqa: E402
 from geossl.probe.run import summary_line  # noqa: E402
 
@@ -216,11 +215,6 @@ def test_extract_tokens_standardises_with_train_statistics(tmp_path: Path) -> No
     torch.testing.assert_close(std, flat.std(0, unbiased=False).float(), rtol=1e-4, atol=1e-5)
     assert store.dtype == torch.float16 and store.shape == raw.shape
     torch.testing.assert_close(store.float(), (raw - mean) / std, rtol=0, atol=2e-2)
-
-
-def test_cli_defaults_match_the_sources() -> None:
-    assert probe_cli.DEFAULT_ATTENTIVE_EPOCHS == attentive_mod.DEFAULT_EPOCHS
-    assert tuple(probe_cli.DEFAULT_ATTENTIVE_LRS) == tuple(attentive_mod.DEFAULT_LRS)
 
 
 def small_eurosat_splits(data: Path, out: Path, per: dict[str, int]) -> Path:

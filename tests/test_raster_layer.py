@@ -14,8 +14,16 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from geossl.data import raster as raster_layer
 from geossl.data import scenes
-from geossl.data.raster import axis_plan, comparable_nodata, plan_axis, valid_mask
+from geossl.data.raster import (
+    axis_plan,
+    comparable_nodata,
+    parse_band_indices,
+    plan_axis,
+    raster_env,
+    valid_mask,
+)
 from geossl.models.encoder import EncoderMeta
 from geossl.predict import reader as predict_reader
 from geossl.predict.common import fill_invalid
@@ -359,11 +367,58 @@ def test_raster_layer_imports_without_gdal() -> None:
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, NoGeo())\n"
         "import numpy as np\n"
-        "from geossl.data.raster import plan_axis, valid_mask\n"
+        "from geossl.data.raster import parse_band_indices, plan_axis, valid_mask\n"
         "assert plan_axis(10, 4, 4).starts == [0, 4, 6]\n"
+        "assert parse_band_indices('4,3,2') == [4, 3, 2]\n"
         "assert valid_mask(np.zeros((1, 2, 2), np.uint8), [0]).sum() == 0\n"
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_band_numbers_have_one_strict_parser() -> None:
+    """Every --bands/--rgb-bands (stats, chips, probe, classify, change, embed, attention) parses here."""
+    assert parse_band_indices("4,3,2") == [4, 3, 2]
+    assert parse_band_indices(" 4, 3 ,2 ") == [4, 3, 2]
+    assert parse_band_indices([2, 1]) == [2, 1]  # the Python API passes numbers through the same checks
+    assert parse_band_indices(None) is None and parse_band_indices("") is None  # all bands
+    for text in ("1,,2", "4,3,2,", ",1", " ", "1,x", "1.5"):
+        with pytest.raises(ValueError, match=r"^--rgb-bands: expected comma-separated 1-based band numbers") as exc:
+            parse_band_indices(text, "--rgb-bands")
+        assert len(str(exc.value).splitlines()) == 1 and repr(text) in str(exc.value)
+    with pytest.raises(ValueError, match=r"^--bands: band numbers start at 1, got '0,1'"):
+        parse_band_indices("0,1")
+
+
+def test_stats_command_refuses_an_empty_band_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geossl.cli import main
+
+    out = tmp_path / "stats.json"
+    assert main(["stats", "--input", str(tmp_path), "--out", str(out), "--bands", "1,,2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("geossl stats: error: --bands: expected comma-separated") and "'1,,2'" in err
+    assert not out.exists()
+
+
+def test_raster_env_sets_gdal_options_for_local_files_and_hot_paths_skip_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with raster_env(str(tmp_path / "a.tif"), GDAL_CACHEMAX=4 << 20):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 4 << 20
+    with raster_env([tmp_path / "a.tif", tmp_path / "b.tif"]):  # a caller's env around many local reads
+        assert rasterio.env.hasenv()
+    path = tmp_path / "x.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:32618",
+                       transform=from_origin(0, 4, 1, 1)) as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8))
+
+    def no_env(uri: object, **options: object) -> None:
+        raise AssertionError(f"a local read opened a GDAL environment for {uri}")
+
+    monkeypatch.setattr(raster_layer, "raster_env", no_env)  # open and per-read envs are for /vsis3/ only
+    ds = raster_layer.open_raster(str(path))
+    reader = raster_layer.WindowReader(ds, [1], str(path), own_env=True)
+    assert reader.read(0, 0, 4, 4)[1].all()
+    reader.close()

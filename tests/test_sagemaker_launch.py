@@ -21,6 +21,7 @@ from geossl.cloud import launcher
 from geossl.cloud.job_config import (
     ConfigError,
     load_job_config,
+    parse_s3_uri,
     resolve_aws,
     split_overrides,
     validate_job_name,
@@ -271,6 +272,18 @@ def test_account_settings_come_from_the_environment():
 def test_bad_job_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_job_config(JOB_YAML, ["compute.max_run_minutes=60", override])
+
+
+def test_s3_uris_split_as_the_data_layer_splits_them():
+    from geossl.data.uris import split_s3_uri
+
+    for uri in ("s3://my-bucket", "s3://my-bucket/", "s3://my-bucket/a/b/", "s3://my-bucket//a"):
+        assert parse_s3_uri(uri, "input.s3_uri") == split_s3_uri(uri)
+    # not an S3 URI, a bucket name S3 refuses, or a line break (a YAML slip): one line naming the setting
+    for uri in ("my-bucket/data", "s3://", "s3:///a", "s3://ab/x", "s3://My_Bucket/x", "s3://my-bucket/a\n",
+                "s3://my-bucket\n", "", None):
+        with pytest.raises(ConfigError, match=r"^finetune.encoder_s3_uri: expected s3://bucket/prefix"):
+            parse_s3_uri(uri, "finetune.encoder_s3_uri")
 
 
 def test_job_name_validation():

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geossl.config import Config, ConfigError, apply_override, merge_into, parse_override, read_yaml_mapping
+from geossl.data.uris import split_s3_uri
 
 # SageMaker: TrainingJobName ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$. The SDK appends "-YYYYmmddHHMMSS".
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -31,7 +32,6 @@ RESERVED_CHANNELS = ("code", "sm_drivers", "recipe")
 INPUT_MODES = ("File", "FastFile", "Direct")  # Direct: no channel, the job reads s3:// itself
 ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-S3_URI_RE = re.compile(r"^s3://([^/]+)(?:/(.*))?$")
 
 ENV_ROLE = "GEOSSL_SAGEMAKER_ROLE"
 ENV_BUCKET = "GEOSSL_SAGEMAKER_BUCKET"
@@ -274,11 +274,15 @@ def validate_channel(name: str, source: str = "config") -> None:
 
 
 def parse_s3_uri(uri: str, setting: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix without a leading slash)."""
-    match = S3_URI_RE.match(uri or "")
-    if not match or not BUCKET_RE.match(match.group(1)):
+    """``s3://bucket/prefix`` -> (bucket, prefix), split by :func:`geossl.data.uris.split_s3_uri`; a URI
+    that is not one, or whose bucket S3 would refuse (or holds a line break), is a ConfigError naming ``setting``."""
+    try:
+        bucket, prefix = split_s3_uri(uri or "")
+    except ValueError:
+        bucket, prefix = "", ""
+    if not BUCKET_RE.match(bucket) or "\n" in (uri or ""):
         raise ConfigError(f"{setting}: expected s3://bucket/prefix, got {uri!r}")
-    return match.group(1), (match.group(2) or "")
+    return bucket, prefix
 
 
 @dataclass

@@ -221,7 +221,10 @@ def build_trainer(cfg: JobConfig, aws: AwsSettings, staged: Path, config_rel: st
     sdk = _sdk()
     k, compute = sdk.configs, cfg.compute
     session = sdk.Session(boto_session=boto_session, default_bucket=aws.bucket, default_bucket_prefix=aws.prefix or None)
-    wait = {"max_wait_time_in_seconds": compute.max_wait_minutes * 60} if compute.spot else {}
+    wait: dict[str, int] = {}
+    if compute.spot:
+        assert compute.max_wait_minutes is not None  # the job config requires it with compute.spot
+        wait = {"max_wait_time_in_seconds": compute.max_wait_minutes * 60}
     environment = {"PYTHONUNBUFFERED": "1", "GEOSSL_CHECKPOINT_DIR": CHECKPOINT_LOCAL_PATH,
                    "GEOSSL_RUN_NAME": cfg.run_name, **cfg.environment}
     trainer = sdk.ModelTrainer(
@@ -342,6 +345,7 @@ def launch(
                               output_uri=run_uri(aws, cfg.run_name, "output"))
         if dry_run:
             # The SDK's own request builder (what train() sends), run with every AWS call answered locally.
+            assert offline is not None  # registered above for every dry run
             try:
                 request = trainer._create_training_job_args(input_data_config=inputs, boto3=True)
             finally:

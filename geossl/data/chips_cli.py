@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geossl.data.stats_cli import parse_bands
+from geossl.data.raster import parse_band_indices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     plan = ChipPlan(scenes=expand_inputs(args.scenes), tile_size=args.tile_size,
                     mode="grid" if args.grid else "random", count=args.count, stride=args.stride,
-                    bands=parse_bands(args.bands), min_valid_fraction=args.min_valid, seed=args.seed,
+                    bands=parse_band_indices(args.bands, "--bands"), min_valid_fraction=args.min_valid, seed=args.seed,
                     part_size=args.part_size)
     # one writer per --out: two runs would cut the same parts and replace each other's chunks
     with RunLock(Path(args.out), what="geossl chips", option="--out"):

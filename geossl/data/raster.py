@@ -1,4 +1,5 @@
-"""The one raster layer: open, read windows (boundless), decide which pixels are valid, plan windows.
+"""The one raster layer: the GDAL environment (:func:`raster_env`), band numbers (:func:`parse_band_indices`),
+open, read windows (boundless), decide which pixels are valid, plan windows.
 
 Every reader that feeds scene or tile pixels to a model goes through this module: training tiles
 (:mod:`geossl.data.scenes`), inference windows (:mod:`geossl.predict.reader`, also through its
@@ -39,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +51,58 @@ COVERS = ("pixels", "cells")
 _NO_ENV = contextlib.nullcontext()  # reusable: nullcontext holds no state
 
 
-def raster_env(uri: str) -> contextlib.AbstractContextManager[Any]:
-    """S3 paths need boto3's credentials and the AWS_ENDPOINT_URL endpoint; local files need nothing."""
-    if str(uri).startswith("/vsis3/"):
-        from geossl.data.s3 import rasterio_env
+def parse_band_indices(text: str | Sequence[int] | None, option: str = "--bands") -> list[int] | None:
+    """``"4,3,2"`` -> ``[4, 3, 2]``: 1-based band numbers (GDAL's convention); None or "" -> None (all bands).
 
-        return rasterio_env()
-    return contextlib.nullcontext()
+    The one parser of every command's band-number option (``--bands``, ``--rgb-bands``); band *names* are
+    :func:`geossl.models.bands.parse_band_list`. An empty entry (``1,,2``, ``4,3,2,``), a non-number or a
+    band below 1 is refused in one line naming ``option``. A sequence of numbers (the Python API) passes
+    through the same checks.
+    """
+    if text is None or text == "":
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        bands = [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated 1-based band numbers like 4,3,2, got {text!r}") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"{option}: band numbers start at 1, got {text!r}")
+    return bands
+
+
+def on_s3(uri: str | os.PathLike[str]) -> bool:
+    """Whether GDAL reads ``uri`` from S3 (``/vsis3/...``, what :func:`geossl.data.uris.to_gdal_uri` makes of
+    ``s3://``), and so needs :func:`raster_env`'s credentials and endpoint."""
+    return str(uri).startswith("/vsis3/")
+
+
+@contextlib.contextmanager
+def raster_env(uris: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], **options: Any) -> Iterator[Any]:
+    """The GDAL environment (a ``rasterio.Env``) for reading ``uris``; the one helper every reader uses.
+
+    When any of ``uris`` is on S3 (:func:`on_s3`), the environment carries boto3's credentials (an
+    ``AWSSession``, one per process and endpoint: :func:`geossl.data.s3.aws_session`) and points GDAL at
+    the endpoint of ``AWS_ENDPOINT_URL`` (``AWS_HTTPS``/``AWS_VIRTUAL_HOSTING`` from
+    :func:`geossl.data.s3.gdal_s3_options`; explicit environment variables win). GDAL ``options`` (e.g.
+    ``GDAL_CACHEMAX`` in bytes, for reading a COG's blocks) are set for the block in either case.
+    No process-wide GDAL state changes. Hot paths that read local files skip it altogether
+    (``with raster_env(uri) if on_s3(uri) else ...``: a local read needs no environment of its own).
+    """
+    import rasterio
+
+    items = [uris] if isinstance(uris, (str, os.PathLike)) else list(uris)
+    if not any(on_s3(u) for u in items):
+        with rasterio.Env(**options) as env:
+            yield env
+        return
+    from geossl.data.s3 import aws_session, gdal_s3_options
+
+    gdal_options = gdal_s3_options()
+    session = aws_session(gdal_options.get("AWS_S3_ENDPOINT"))  # the session passes the endpoint to GDAL
+    env_options = {k: v for k, v in gdal_options.items() if k != "AWS_S3_ENDPOINT"}
+    with rasterio.Env(session=session, **env_options, **options) as env:
+        yield env
 
 
 def open_raster(uri: str) -> Any:
@@ -68,7 +114,7 @@ def open_raster(uri: str) -> Any:
     from rasterio.errors import RasterioError
 
     try:
-        with raster_env(uri):
+        with raster_env(uri) if on_s3(uri) else _NO_ENV:
             return rasterio.open(uri)
     except RasterioError as exc:
         remote = uri.startswith("/vsi") or "://" in uri
@@ -174,7 +220,7 @@ class WindowReader:
     ``ds`` is anything rasterio reads windows from (a dataset or a ``WarpedVRT``); ``indexes`` are
     1-based bands. Windows may cross the edges (rule 1). ``own_env`` wraps each read of a ``/vsis3/``
     path in :func:`raster_env` (training readers, which run in DataLoader workers); readers used inside
-    a caller's ``gdal_env`` leave it off, so a thread never opens and closes a GDAL environment.
+    a caller's :func:`raster_env` leave it off, so a thread never opens and closes a GDAL environment.
     """
 
     def __init__(
@@ -190,7 +236,7 @@ class WindowReader:
         self.indexes = [int(b) for b in indexes]
         self.width, self.height = int(ds.width), int(ds.height)
         self.plan = ValidityPlan.for_dataset(ds, self.indexes, alpha_band)
-        self.own_env = own_env and uri.startswith("/vsis3/")
+        self.own_env = own_env and on_s3(uri)
 
     @property
     def dtype(self) -> np.dtype:

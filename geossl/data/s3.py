@@ -2,15 +2,14 @@
 
 boto3 honours ``AWS_ENDPOINT_URL`` (MinIO, moto, LocalStack) but GDAL ignores it and wants
 ``AWS_S3_ENDPOINT=host:port`` plus ``AWS_HTTPS``/``AWS_VIRTUAL_HOSTING``: :func:`gdal_s3_options`
-derives them, so one environment variable configures both.
+derives them, so one environment variable configures both (:func:`geossl.data.raster.raster_env` applies
+them with :func:`aws_session`'s credentials around every ``/vsis3/`` read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -138,8 +137,10 @@ def gdal_s3_options() -> dict[str, str]:
 _SESSIONS: dict[tuple[Any, ...], Any] = {}
 
 
-def _aws_session(endpoint: str | None) -> Any:
-    """One ``AWSSession`` per process and endpoint/credentials: boto3 sessions cost milliseconds to build."""
+def aws_session(endpoint: str | None) -> Any:
+    """One ``AWSSession`` per process and endpoint/credentials: boto3 sessions cost milliseconds to build.
+
+    :func:`geossl.data.raster.raster_env` gives it to GDAL for ``/vsis3/`` reads."""
     import boto3
     from rasterio.session import AWSSession
 
@@ -147,19 +148,3 @@ def _aws_session(endpoint: str | None) -> Any:
     if key not in _SESSIONS:
         _SESSIONS[key] = AWSSession(boto3.Session(), endpoint_url=endpoint)
     return _SESSIONS[key]
-
-
-@contextlib.contextmanager
-def rasterio_env(**options: Any) -> Iterator[Any]:
-    """A ``rasterio.Env`` with boto3's credentials (``AWSSession``) and the endpoint of ``AWS_ENDPOINT_URL``.
-
-    Use it around rasterio code that opens or reads ``/vsis3/`` paths (scenes.py does, for S3 scenes).
-    No process-wide GDAL state is changed. Extra GDAL ``options`` are passed through.
-    """
-    import rasterio
-
-    gdal_options = gdal_s3_options()
-    session = _aws_session(gdal_options.get("AWS_S3_ENDPOINT"))
-    env_options = {k: v for k, v in gdal_options.items() if k != "AWS_S3_ENDPOINT"}
-    with rasterio.Env(session=session, **env_options, **options) as env:
-        yield env

@@ -5,21 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.data.raster import parse_band_indices
 from geossl.data.stats import compute_stats
 from geossl.io import check_outputs
-
-
-def parse_bands(text: str | None) -> list[int] | None:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (1-based band indices); None or "" -> all bands."""
-    if not text:
-        return None
-    try:
-        bands = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--bands: expected comma-separated 1-based band numbers (e.g. 4,3,2), got {text!r}") from None
-    if not bands or min(bands) < 1:
-        raise ValueError(f"--bands: band numbers start at 1, got {text!r}")
-    return bands
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.tiles < 1 or args.tile_size < 1:
         raise ValueError("--tiles and --tile-size must be >= 1")
-    bands = parse_bands(args.bands)
+    bands = parse_band_indices(args.bands, "--bands")
     # a config's data.stats may name the file: a resumed run must not see other numbers. Before sampling.
     check_outputs([Path(args.out)], args.overwrite)
     source = args.input if len(args.input) > 1 else args.input[0]

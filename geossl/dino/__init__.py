@@ -1,1 +1,2 @@
-"""DINO: loss and centring, schedules, student/teacher, the LightningModule and the training entry point."""
+"""DINO: the objective (``objective/``: losses, centring, masks, schedules), multi-crop augmentation,
+student/teacher, the LightningModule and the training entry point."""

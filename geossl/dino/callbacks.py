@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import lightning as L
 import torch
@@ -170,6 +170,12 @@ class ResumeMidEpoch(L.Callback):
                   f"(step {step}); resuming inside that epoch", file=sys.stderr, flush=True)
 
 
+class _ChecksFinite(Protocol):
+    """What :class:`FiniteModelCheckpoint` needs of the module (DINOModule and FineTuneModule have it)."""
+
+    def check_finite(self) -> None: ...
+
+
 class FiniteModelCheckpoint(ModelCheckpoint):
     """Lightning's periodic checkpoints, refusing to write weights after a non-finite loss, and keeping
     the newest ``keep_last`` plus every ``keep_every``-th (``trainer.keep_last``/``keep_every``; 0 = all)."""
@@ -179,7 +185,7 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         self.keep_last, self.keep_every = keep_last, keep_every
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        trainer.lightning_module.check_finite()
+        cast(_ChecksFinite, trainer.lightning_module).check_finite()
         super()._save_checkpoint(trainer, filepath)
         if trainer.is_global_zero and self.dirpath:
             from geossl.dino.run_folder import prune_checkpoints

@@ -53,7 +53,7 @@ def numpy_safe_globals() -> tuple[Any, ...]:
     try:
         from numpy._core import multiarray
     except ImportError:  # a numpy without the numpy._core alias
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # type: ignore[no-redef]  # the same module, older path
 
     dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"] if code not in "OV"}
     named = [(multiarray._reconstruct, f"{module}.multiarray._reconstruct") for module in _NUMPY_CORE]

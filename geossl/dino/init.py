@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -21,6 +21,9 @@ from geossl.data.stats import BandStats
 from geossl.models.checkpoints import load_exactly
 from geossl.models.encoder import META_FILE, load_encoder, read_meta
 from geossl.models.importer import Normalization, adapt_encoder, architecture_of
+
+if TYPE_CHECKING:
+    from geossl.dino.meta_arch import StudentTeacher
 
 log = logging.getLogger("geossl")
 
@@ -49,7 +52,7 @@ def with_init_architecture(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **arch))
 
 
-def initialize_from_encoder(model: nn.Module, cfg: Config, stats: BandStats) -> dict[str, Any]:
+def initialize_from_encoder(model: StudentTeacher, cfg: Config, stats: BandStats) -> dict[str, Any]:
     """Load ``model.init`` into a :class:`~geossl.dino.meta_arch.StudentTeacher`; returns what was done."""
     assert cfg.model.init
     encoder_dir, run_dir = init_source(cfg.model.init)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
 
 from geossl.config import Config
-from geossl.dino.ibot import select_patches
+from geossl.dino.objective import select_patches
 from geossl.models.backbone import backbone_kwargs, check_maskable, create_backbone, forward_features_masked
 from geossl.models.head import DINOHead
 
@@ -52,7 +54,8 @@ class BackboneWithHead(nn.Module):
         self.head = head
         self.ibot_head = ibot_head
         # Zeros, as DINOv2; (1, D) like DINOv2, so the DINO weight-decay rule treats it as cls_token.
-        self.mask_token = nn.Parameter(torch.zeros(1, int(backbone.num_features))) if mask_token else None
+        width = int(cast(int, backbone.num_features))  # a timm model's plain int attribute
+        self.mask_token = nn.Parameter(torch.zeros(1, width)) if mask_token else None
 
     @property
     def patch_head(self) -> DINOHead:
@@ -71,7 +74,7 @@ class BackboneWithHead(nn.Module):
         """Head outputs per crop; the first ``n_global`` crops form their own group.
 
         With ``patch_index`` (flat indices into the global crops' patch tokens, see
-        :class:`geossl.dino.ibot.PatchMasks`) the global group runs through the masked forward
+        :class:`geossl.dino.objective.ibot.PatchMasks`) the global group runs through the masked forward
         (``masks`` (n_global * B, n_patches) replaced by the mask token; None = unmasked, the teacher)
         and the patch head is applied to the selected patch tokens only, which is all iBOT needs.
         """
@@ -81,9 +84,10 @@ class BackboneWithHead(nn.Module):
         for start, end in _groups(crops, n_global):
             batch = torch.cat(crops[start:end])
             if start == 0 and patch_index is not None:
-                tokens = forward_features_masked(self.backbone, batch, masks, self.mask_token)
-                embeddings = self.backbone.forward_head(tokens)
-                patches = select_patches(tokens, self.backbone.num_prefix_tokens, patch_index)
+                vit = cast(VisionTransformer, self.backbone)  # iBOT: check_maskable refused other backbones
+                tokens = forward_features_masked(vit, batch, masks, self.mask_token)
+                embeddings = vit.forward_head(tokens)
+                patches = select_patches(tokens, vit.num_prefix_tokens, patch_index)
                 patch_out = self.patch_head(patches)
             else:
                 embeddings = self.backbone(batch)
@@ -102,7 +106,7 @@ class StudentTeacher(nn.Module):
         kwargs = backbone_kwargs(in_chans, cfg.augment.global_size, cfg.model.patch_size, cfg.model.extra)
         self.backbone_kwargs = kwargs
         student_backbone = create_backbone(cfg.model.arch, kwargs, drop_path_rate=cfg.model.drop_path_rate)
-        embed_dim = int(student_backbone.num_features)
+        embed_dim = int(cast(int, student_backbone.num_features))
         self.embed_dim = embed_dim
 
         def make_head() -> DINOHead:
@@ -134,7 +138,7 @@ class StudentTeacher(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, one fused foreach op over all parameters."""
-        teacher_params = list(self.teacher.parameters())
+        teacher_params: list[torch.Tensor] = list(self.teacher.parameters())
         student_params = [p.detach() for p in self.student.parameters()]
         torch._foreach_mul_(teacher_params, momentum)
         torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)

@@ -4,23 +4,28 @@ unscaled gradients, last-layer freeze, EMA teacher."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch.amp.grad_scaler import OptState
 
-from geossl.augment import MultiCropAugment
 from geossl.config import config_from_dict
+from geossl.dino.augment import MultiCropAugment
 from geossl.dino.data import steps_per_epoch
 from geossl.dino.health import marginal_entropy, student_teacher_kl, teacher_entropy
-from geossl.dino.ibot import IBOTPatchLoss, PatchMasks
-from geossl.dino.koleo import koleo_loss
-from geossl.dino.loss import DINOLoss
-from geossl.dino.masking import draw_masks
 from geossl.dino.meta_arch import StudentTeacher, ViewOutputs
-from geossl.dino.schedules import cosine_schedule, linear_warmup_constant
+from geossl.dino.objective import (
+    DINOLoss,
+    IBOTPatchLoss,
+    PatchMasks,
+    cosine_schedule,
+    draw_masks,
+    koleo_loss,
+    linear_warmup_constant,
+)
 from geossl.models.backbone import effective_patch_size
 from geossl.models.encoder import Encoder, EncoderMeta
 
@@ -38,6 +43,10 @@ class DINOModule(L.LightningModule):
     ``config`` is ``Config.to_dict()``, ``stats`` the band statistics JSON, ``dataset_size`` the number
     of training samples (schedules are per step, so they need steps per epoch).
     """
+
+    band_mean: torch.Tensor  # buffers registered in __init__
+    band_std: torch.Tensor
+    nonfinite_steps: torch.Tensor
 
     def __init__(
         self,
@@ -60,9 +69,8 @@ class DINOModule(L.LightningModule):
                           cfg.loss.centering, cfg.loss.sk_iterations)
             if cfg.loss.ibot_weight > 0 else None
         )
-        self.augment = MultiCropAugment(
-            cfg.augment, stats["mean"], stats["std"], tuple(value_range) if value_range else None
-        )
+        value_bounds = cast(tuple[float, float], tuple(value_range)) if value_range else None  # (low, high)
+        self.augment = MultiCropAugment(cfg.augment, stats["mean"], stats["std"], value_bounds)
         self.register_buffer("band_mean", torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("band_std", torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1, 1))
         # Accumulated on the device so non-finite checks cost no host sync per step.
@@ -74,7 +82,7 @@ class DINOModule(L.LightningModule):
     # ----------------------------------------------------------------- schedules
     def build_schedules(self, world_size: int) -> None:
         cfg = self.cfg
-        per_epoch = steps_per_epoch(self.hparams.dataset_size, cfg.data.batch_size, world_size)
+        per_epoch = steps_per_epoch(self.hparams["dataset_size"], cfg.data.batch_size, world_size)
         total = cfg.optim.epochs * per_epoch
         global_batch = cfg.data.batch_size * world_size
         peak_lr = cfg.optim.base_lr * global_batch / 256.0  # linear scaling rule
@@ -98,13 +106,16 @@ class DINOModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        regularized, not_regularized = [], []
+        regularized: list[torch.nn.Parameter] = []
+        not_regularized: list[torch.nn.Parameter] = []
         for name, param in self.model.student.named_parameters():
             if not param.requires_grad:
                 continue
             # As the original: no weight decay on biases and 1-D parameters (norms).
             (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
-        groups = [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [
+            {"params": regularized}, {"params": not_regularized, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=self._fuse_optimizer() or None)
 
     def _fuse_optimizer(self) -> bool:
@@ -130,7 +141,8 @@ class DINOModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         step = self.global_step
         optimizer = self.optimizers()
-        self._apply_schedules(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, step)
+        raw = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        self._apply_schedules(cast(torch.optim.Optimizer, raw), step)  # one optimizer (configure_optimizers)
         seed, generator = self._seeds(step)
         torch.manual_seed(seed)  # drop-path draws from the global RNG
 
@@ -151,13 +163,14 @@ class DINOModule(L.LightningModule):
         return loss
 
     def draw_patch_masks(self, global_crop: torch.Tensor, seed: int) -> PatchMasks:
-        """iBOT masks for the N_GLOBAL * B global crops of this step (see :mod:`geossl.dino.masking`).
+        """iBOT masks for the N_GLOBAL * B global crops of this step (see :mod:`geossl.dino.objective.masking`).
 
         Drawn on the CPU from a generator seeded by the step's seed (a stream of its own, so masks are
         independent of the crops yet replayed exactly on resume), as DINOv2 draws them in its collate.
         """
         cfg = self.cfg.loss
-        grid = self.model.student.backbone.patch_embed.dynamic_feat_size(tuple(global_crop.shape[-2:]))
+        vit = cast(VisionTransformer, self.model.student.backbone)  # iBOT: check_maskable refused any other
+        grid = vit.patch_embed.dynamic_feat_size(tuple(global_crop.shape[-2:]))
         generator = torch.Generator().manual_seed((seed * 6_364_136_223_846_793_005 + 1) % (2**63 - 1))
         masks = draw_masks(N_GLOBAL * global_crop.shape[0], grid, cfg.ibot_mask_ratio, cfg.ibot_mask_probability,
                            cfg.ibot_mask_mode, generator)
@@ -225,7 +238,7 @@ class DINOModule(L.LightningModule):
         }
         if len(terms) > 2:
             self.monitors.update({f"loss_{k}": v.detach() for k, v in terms.items() if k != "loss"})
-        values = {f"train/{k}": v for k, v in self.monitors.items()}
+        values: dict[str, torch.Tensor | float] = {f"train/{k}": v for k, v in self.monitors.items()}
         values.update({
             "train/lr": self.schedule_value("lr", step),
             "train/wd": self.schedule_value("wd", step),
@@ -286,7 +299,7 @@ class DINOModule(L.LightningModule):
     def teacher_encoder(self) -> Encoder:
         """The EMA teacher as an :class:`Encoder` (DINO evaluates and exports the teacher): the online
         k-NN and the export see the same backbone, normalisation and description."""
-        cfg, stats = self.cfg, self.hparams.stats
+        cfg, stats = self.cfg, self.hparams["stats"]
         backbone = self.model.teacher.backbone
         meta = EncoderMeta(
             timm_name=cfg.model.arch,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -51,7 +52,7 @@ def plot_health(history: list[dict[str, float]], health_history: list[dict[str, 
     epochs = [h["epoch"] for h in history]
     probe_epochs = [h["epoch"] for h in health_history]
 
-    def series(ax: plt.Axes, xs: list[float], rows: list[dict[str, float]], key: str, **kwargs: object) -> None:
+    def series(ax: plt.Axes, xs: list[float], rows: list[dict[str, float]], key: str, **kwargs: Any) -> None:
         ax.plot(xs, [h.get(key, float("nan")) for h in rows], **kwargs)
 
     ax = axes[0, 0]

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
@@ -133,7 +133,8 @@ class AppendingCSVLogger(CSVLogger):
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(self.log_dir, self._resume_step)
-        return self._experiment
+        # Lightning types the slot as fabric's base writer; only pytorch ExperimentWriters are stored in it.
+        return cast(ExperimentWriter, self._experiment)
 
 
 OWNER_FILE = ".geossl-run"  # in a checkpoint folder outside its run folder: which run it belongs to

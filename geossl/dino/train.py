@@ -15,9 +15,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -59,6 +60,9 @@ from geossl.dino.run_folder import (
 )
 from geossl.io import atomic_write_json, atomic_write_text, read_json
 from geossl.models.encoder import export_encoder
+
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 
 log = logging.getLogger("geossl")
 
@@ -167,9 +171,10 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     dtype = dataset_dtype(dataset)
     stats = resolve_stats(cfg, in_chans)
     vrange = value_range(cfg, dtype)
-    module_args = {
+    module_args: dict[str, Any] = {
         "config": cfg.to_dict(), "in_chans": in_chans, "band_names": list(stats.bands),
-        "stats": stats.to_json(), "dataset_size": len(dataset), "value_range": list(vrange) if vrange else None,
+        "stats": stats.to_json(), "dataset_size": len(cast(Sized, dataset)),
+        "value_range": list(vrange) if vrange else None,
     }
     if ckpt is not None:
         check_resume_compatible(ckpt, module_args)
@@ -212,7 +217,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
         "resumed_from": str(ckpt) if ckpt else None,
         "init": init_report,
         "wall_time_s": round(time.perf_counter() - started, 1),
-        "dataset": f"{len(dataset)} samples, {in_chans} bands ({dtype})",
+        "dataset": f"{len(cast(Sized, dataset))} samples, {in_chans} bands ({dtype})",
         "checkpoint_dir": str(paths.checkpoint_dir),
         "encoder_dir": None,
         "final_loss": printer.history[-1]["loss"] if printer.history else None,
@@ -242,10 +247,12 @@ def _build_trainer(cfg: Config, accelerator: str, run_dir: Path, callbacks: list
         accelerator=accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        precision=_precision(cfg, accelerator),
+        precision=cast("_PRECISION_INPUT", _precision(cfg, accelerator)),  # a config string Lightning checks
         max_epochs=cfg.optim.epochs,
         max_steps=cfg.trainer.max_steps or -1,
-        max_time={"minutes": cfg.trainer.max_minutes} if cfg.trainer.max_minutes else None,
+        # Lightning types the dict's values int; it builds timedelta(**max_time), which takes floats.
+        max_time=(cast(dict[str, int], {"minutes": cfg.trainer.max_minutes}) if cfg.trainer.max_minutes
+                  else None),
         callbacks=callbacks,
         logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""),
                 AppendingCSVLogger(run_dir / "logs", name="csv", version="", resume_step=resume_step)],

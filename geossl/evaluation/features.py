@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -28,8 +29,9 @@ def map_dataset(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
     )
-    out = torch.empty(len(dataset), dim, dtype=torch.float32)
-    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
+    sized = cast(Sized, dataset)  # a map-style dataset: torch's Dataset type does not declare __len__
+    out = torch.empty(len(sized), dim, dtype=torch.float32)
+    with torch.inference_mode(), tqdm(total=len(sized), desc=desc, unit="img", leave=False) as bar:
         for batch in loader:
             x = batch["image"].to(device, non_blocking=True)
             if fill is not None and "mask" in batch:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geossl.choices import ACCELERATORS, FEATURE_RECIPES
 from geossl.config import fill_config, merge_into
 from geossl.config_checks import ConfigError
 
 MODES = ("full", "last_n", "lora")
-HEAD_FEATURES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
 
 
 @dataclass
@@ -108,7 +108,8 @@ def validate(cfg: FinetuneConfig) -> None:
     m, o, a, t = cfg.model, cfg.optim, cfg.augment, cfg.trainer
     checks: list[tuple[bool, str]] = [
         (m.mode in MODES, f"key 'model.mode': expected one of {list(MODES)}, got {m.mode!r}"),
-        (m.features in HEAD_FEATURES, f"key 'model.features': expected one of {list(HEAD_FEATURES)}, got {m.features!r}"),
+        (m.features in FEATURE_RECIPES,
+         f"key 'model.features': expected one of {list(FEATURE_RECIPES)}, got {m.features!r}"),
         (m.last_n >= 1, f"key 'model.last_n': expected >= 1, got {m.last_n}"),
         (m.lora_rank >= 1, f"key 'model.lora_rank': expected >= 1, got {m.lora_rank}"),
         (0 <= m.drop_path_rate < 1, f"key 'model.drop_path_rate': expected in [0, 1), got {m.drop_path_rate}"),
@@ -127,7 +128,7 @@ def validate(cfg: FinetuneConfig) -> None:
         (0 <= a.crop_p <= 1, f"key 'augment.crop_p': expected in [0, 1], got {a.crop_p}"),
         (a.low_res is None or a.low_res >= 8, f"key 'augment.low_res': expected null or >= 8 px, got {a.low_res}"),
         (0 <= a.low_res_fraction <= 1, f"key 'augment.low_res_fraction': expected in [0, 1], got {a.low_res_fraction}"),
-        (t.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), f"key 'trainer.accelerator': unknown {t.accelerator!r}"),
+        (t.accelerator in ACCELERATORS, f"key 'trainer.accelerator': unknown {t.accelerator!r}"),
         (t.num_workers >= 0, f"key 'trainer.num_workers': expected >= 0, got {t.num_workers}"),
         (t.checkpoint_every_steps >= 1, f"key 'trainer.checkpoint_every_steps': expected >= 1, got {t.checkpoint_every_steps}"),
         (t.log_every_steps >= 1, f"key 'trainer.log_every_steps': expected >= 1, got {t.log_every_steps}"),

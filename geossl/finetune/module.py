@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -68,7 +68,10 @@ class FinetuneModule(L.LightningModule):
         x = prepared(batch, self.net)
         g = step_generator(self.cfg.seed, step)
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))  # drop-path: a function of the step too
-        x = augment_batch(x, g, a.dihedral, tuple(a.crop_scale), tuple(a.crop_ratio), a.crop_p)
+        # The config checks made both [low, high].
+        scale = cast(tuple[float, float], tuple(a.crop_scale))
+        ratio = cast(tuple[float, float], tuple(a.crop_ratio))
+        x = augment_batch(x, g, a.dihedral, scale, ratio, a.crop_p)
         if a.low_res is not None and step < a.low_res_fraction * self.total_steps and a.low_res < x.shape[-1]:
             x = F.interpolate(x, size=(a.low_res, a.low_res), mode="bilinear", antialias=True, align_corners=False)
         targets = soft_targets(batch["label"], self.num_classes, o.label_smoothing).to(x.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,9 @@ from timm.optim import param_groups_layer_decay
 from geossl.models.backbone import create_backbone
 from geossl.models.encoder import Encoder, EncoderMeta, export_encoder, load_encoder
 from geossl.models.landcover import LinearHead, save_landcover_model
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 LORA_TARGETS = r".*blocks\.\d+\.attn\.(qkv|proj)"  # attention projections only: not the stem's conv "proj"
 
@@ -45,12 +48,12 @@ class ClassifierNet(nn.Module):
         return self.head(self.encoder.features(x_raw, self.features))
 
     @property
-    def blocks(self) -> nn.Sequential:
-        return self._plain_backbone().blocks
+    def blocks(self) -> nn.Sequential | nn.ModuleList:  # timm ViTs: Sequential; Eva (DINOv3): ModuleList
+        return cast(nn.Sequential | nn.ModuleList, self._plain_backbone().blocks)
 
     def _plain_backbone(self) -> nn.Module:
         backbone = self.encoder.backbone
-        return backbone.get_base_model() if self.lora else backbone  # type: ignore[operator]
+        return cast("PeftModel", backbone).get_base_model() if self.lora else backbone
 
 
 def trainable_encoder(path: str, drop_path_rate: float, seed: int) -> Encoder:
@@ -96,7 +99,7 @@ def apply_mode(net: ClassifierNet, mode: str, last_n: int = 2, lora_rank: int = 
     if mode == "full":
         return
     if mode == "last_n":
-        depth = len(backbone.blocks)
+        depth = len(cast(nn.Sequential | nn.ModuleList, backbone.blocks))
         if last_n > depth:
             raise ValueError(f"model.last_n: {last_n} blocks asked, the encoder has {depth}")
         for name, param in backbone.named_parameters():
@@ -106,7 +109,9 @@ def apply_mode(net: ClassifierNet, mode: str, last_n: int = 2, lora_rank: int = 
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=LORA_TARGETS)
+        # peft annotates lora_alpha int, but only divides by it (scaling = lora_alpha / r): a float is fine.
+        config = LoraConfig(r=lora_rank, lora_alpha=cast(int, lora_alpha), lora_dropout=lora_dropout,
+                            target_modules=LORA_TARGETS)
         net.encoder.backbone = get_peft_model(backbone, config)
         net.lora = True
         return
@@ -141,7 +146,7 @@ def merged_backbone(net: ClassifierNet) -> nn.Module:
     backbone = net.encoder.backbone
     if not net.lora:
         return backbone
-    return copy.deepcopy(backbone).merge_and_unload()
+    return cast("PeftModel", copy.deepcopy(backbone)).merge_and_unload()
 
 
 def export_model(net: ClassifierNet, meta: EncoderMeta, classes: list[str], out_dir: Path,

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -40,6 +40,9 @@ from geossl.labels.options import LabelOptions
 from geossl.models.encoder import read_meta
 from geossl.probe.features import SplitTable, load_split_table
 from geossl.probe.linear import balanced_indices
+
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 
 OUTPUTS = ("metrics.json", "model")  # a folder holding these holds a finished fine-tune
 
@@ -117,8 +120,8 @@ def _trainer(cfg: FinetuneConfig, out: Path, callbacks: list[L.Callback], total_
     accelerator = cfg.trainer.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    precision = cfg.trainer.precision if cfg.trainer.precision != "auto" else (
-        "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true")
+    precision = cast("_PRECISION_INPUT", cfg.trainer.precision if cfg.trainer.precision != "auto" else (
+        "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"))  # a config string Lightning checks
     return L.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_steps=total_steps, max_epochs=-1,
         val_check_interval=max(1, round(cfg.trainer.val_every_epochs * per_epoch)), check_val_every_n_epoch=None,

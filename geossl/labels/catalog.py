@@ -59,12 +59,12 @@ def build_catalog(
     inputs: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None = None, resample: bool | None = None
 ) -> SceneCatalog:
     """Open every scene once and record its read grid; unusable scenes are skipped with a reason."""
-    from geossl.predict.common import gdal_env
+    from geossl.data.raster import raster_env
     from geossl.predict.reader import SceneReader
 
     uris = expand_inputs(list(inputs))
     catalog = SceneCatalog(scenes=[])
-    with gdal_env(uris):
+    with raster_env(uris):
         for uri in tqdm(uris, desc="scenes", unit="scene", disable=len(uris) < 50, file=sys.stderr):
             try:
                 with SceneReader(uri, meta, bands, resample) as reader:

@@ -117,7 +117,8 @@ def cut_chips(placement: Placement, catalog: SceneCatalog, meta: EncoderMeta, op
               chips_dir: Path) -> list[Chip]:
     """Read each target's candidates (best first) until it has its chips; windows failing ``min_valid``
     (or, for points, with an invalid pixel at the centre) fall back to the next candidate."""
-    from geossl.predict.common import check_statistics, gdal_env
+    from geossl.data.raster import raster_env
+    from geossl.predict.common import check_statistics
     from geossl.predict.reader import SceneReader
 
     tile = meta.img_size
@@ -126,7 +127,7 @@ def cut_chips(placement: Placement, catalog: SceneCatalog, meta: EncoderMeta, op
     taken, accepted = [0] * n, [0] * n
     chips: list[Chip] = []
     total = sum(min(t.need, len(t.candidates)) for t in placement.targets)
-    with gdal_env([s.uri for s in catalog.scenes]), tqdm(total=total, desc="chips", unit="chip",
+    with raster_env([s.uri for s in catalog.scenes]), tqdm(total=total, desc="chips", unit="chip",
                                                          disable=total < 200, file=sys.stderr) as bar:
         while requests := _round_requests(placement, taken, accepted):
             for si in sorted(requests):

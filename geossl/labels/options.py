@@ -72,7 +72,7 @@ def parse_class_names(text: str | None) -> dict[int, str]:
         pairs = [(r[0], r[1] if len(r) > 1 else "") for r in rows]
         source = str(path)
     else:
-        pairs = [tuple(p.split("=", 1)) if "=" in p else (p, "") for p in text.split(",") if p.strip()]
+        pairs = [(value, name) for value, _, name in (p.partition("=") for p in text.split(",") if p.strip())]
         source = "--class-names"
     out: dict[int, str] = {}
     for value, name in pairs:

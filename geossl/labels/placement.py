@@ -82,8 +82,8 @@ def place_points(layer: LabelLayer, catalog: SceneCatalog, tile: int) -> Placeme
             c0 = np.round(np.where(inside, cols, 0) - tile / 2).astype(np.int64)
             r0 = np.round(np.where(inside, rows, 0) - tile / 2).astype(np.int64)
             margin = np.minimum.reduce([c0, r0, scene.width - tile - c0, scene.height - tile - r0])
-            for i in np.flatnonzero(inside & (margin >= 0)):
-                ranked[i].append((-int(margin[i]), si, int(c0[i]), int(r0[i])))
+            for j in np.flatnonzero(inside & (margin >= 0)):
+                ranked[j].append((-int(margin[j]), si, int(c0[j]), int(r0[j])))
     skipped: Counter[str] = Counter()
     for i, target in enumerate(targets):
         target.candidates = [(si, c, r) for _, si, c, r in sorted(ranked[i])]

@@ -37,7 +37,8 @@ def resolve_mode(mode: str, has_column: bool, source: str) -> str:
     return mode
 
 
-def random_split(labels: Sequence[str], groups: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
+def random_split(labels: Sequence[str] | np.ndarray, groups: np.ndarray, fractions: Sequence[float],
+                 seed: int) -> np.ndarray:
     """Stratified by class over groups (each group's label is its first chip's)."""
     uniq, first = np.unique(groups, return_index=True)
     group_split = stratified_split(np.asarray(labels, dtype=object)[first].astype(str), fractions, seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -128,7 +128,9 @@ def forward_features_masked(
 def effective_patch_size(backbone: nn.Module) -> int:
     """Input pixels per token side: the patch size, times the stem's stride in a conv-stem hybrid
     (timm's ``HybridEmbed`` counts its patch size in feature-map cells)."""
-    embed = backbone.patch_embed
-    patch = embed.patch_size[0] if isinstance(embed.patch_size, tuple | list) else embed.patch_size
+    embed = cast(nn.Module, backbone.patch_embed)
+    # A plain attribute (int or pair), not a submodule: nn.Module.__getattr__ types it Tensor | Module.
+    size = cast(int | tuple[int, ...] | list[int], embed.patch_size)
+    patch = size[0] if isinstance(size, tuple | list) else size
     ratio = getattr(embed, "feature_ratio", (1, 1))
     return int(patch) * int(ratio[0] if isinstance(ratio, tuple | list) else ratio)

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NEW_BAND_POLICIES = ("zero", "mean")
+from geossl.choices import NEW_BAND_POLICIES
 
 
 def canonical_band(name: str) -> str:
@@ -40,7 +40,10 @@ def canonical_band(name: str) -> str:
 
 
 def parse_band_list(text: str, option: str = "--bands") -> list[str]:
-    """``"B04,B03,B02"`` -> ``["B04", "B03", "B02"]``; duplicates (after canonicalisation) are refused."""
+    """``"B04,B03,B02"`` -> ``["B04", "B03", "B02"]``; duplicates (after canonicalisation) are refused.
+
+    Band *names*; 1-based band numbers (``--bands 4,3,2`` of the data commands) are
+    :func:`geossl.data.raster.parse_band_indices`."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError(f"{option}: expected comma-separated band names (e.g. B04,B03,B02), got {text!r}")

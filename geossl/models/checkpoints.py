@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from geossl.choices import CHECKPOINT_WEIGHTS
+
 TensorDict = dict[str, torch.Tensor]
 # Prefixes that wrap a backbone's keys in training checkpoints, tried in this order.
 WRAPPER_PREFIXES = ("module.backbone.", "backbone.", "module.", "model.backbone.", "encoder.", "model.")
@@ -58,7 +60,7 @@ def _tensors(mapping: dict[str, Any]) -> TensorDict:
 
 def unwrap_checkpoint(content: dict[str, Any], which: str = "teacher") -> tuple[TensorDict, str]:
     """The backbone tensors of a checkpoint and the name of the layout they came in."""
-    if which not in ("teacher", "student"):
+    if which not in CHECKPOINT_WEIGHTS:
         raise ValueError(f"--which: expected 'teacher' or 'student', got {which!r}")
     layout = "timm"
     if isinstance(content.get("teacher"), dict) or isinstance(content.get("student"), dict):

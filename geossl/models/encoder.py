@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
 import torch.nn as nn
 
+from geossl.choices import FEATURE_RECIPES
 from geossl.io import atomic_path, atomic_write_json
 from geossl.models.backbone import create_backbone
 
@@ -27,7 +28,6 @@ FORMAT = "geossl-encoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "geossl.json"
-FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")
 
 
 @dataclass
@@ -82,6 +82,9 @@ class Encoder(nn.Module):
     final CLS embedding; :meth:`features` returns the probe features of a named recipe.
     """
 
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+
     def __init__(self, backbone: nn.Module, meta: EncoderMeta) -> None:
         super().__init__()
         self.backbone = backbone
@@ -113,7 +116,11 @@ class Encoder(nn.Module):
 
         timm's ``forward_intermediates`` serves every ViT family geossl imports (VisionTransformer, hybrids,
         and the Eva class of DINOv3, which has no ``get_intermediate_layers``); register tokens are dropped."""
-        outs = self.backbone.forward_intermediates(
+        # A timm method nn.Module's typing cannot see; with prefix tokens it returns (patches, prefix) pairs.
+        forward_intermediates = cast(
+            Callable[..., list[tuple[torch.Tensor, torch.Tensor]]], self.backbone.forward_intermediates
+        )
+        outs = forward_intermediates(
             self.normalize(x), indices=n_last, return_prefix_tokens=True, norm=True, output_fmt="NLC",
             intermediates_only=True,
         )
@@ -152,7 +159,7 @@ class Encoder(nn.Module):
 
     def _last_n(self) -> int:
         """The last 4 blocks (DINO's ViT-S protocol), or all of them in a shallower ViT."""
-        return min(4, len(self.backbone.blocks))
+        return min(4, len(cast(nn.Sequential | nn.ModuleList, self.backbone.blocks)))
 
     def feature_dim(self, recipe: str | None = None) -> int:
         recipe = recipe or self.meta.feature_recipe

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geossl.choices import CHECKPOINT_WEIGHTS, FEATURE_RECIPES, NEW_BAND_POLICIES
 from geossl.cli import positive_int
 from geossl.io import check_outputs
-from geossl.models.bands import NEW_BAND_POLICIES, parse_band_list
-from geossl.models.encoder import FEATURE_RECIPES, META_FILE, Encoder, export_encoder, load_encoder
+from geossl.models.bands import parse_band_list
+from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder
 from geossl.models.importer import Normalization, adapt_encoder, import_weights, rename_bands
 
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--from", dest="from_dir", metavar="ENCODER_DIR", help="an existing geossl encoder folder")
     parser.add_argument("--weights", metavar="FILE", help="safetensors or PyTorch weights (timm, original DINO, "
                         "DINOv2/DINOv3, torchgeo layouts; loaded with weights_only=True); a hub-cache path works")
-    parser.add_argument("--which", choices=["teacher", "student"], default="teacher",
+    parser.add_argument("--which", choices=CHECKPOINT_WEIGHTS, default="teacher",
                         help="DINO training checkpoints: which network to import (default: teacher, as DINO evaluates)")
     parser.add_argument("--bands", help="band names the weights read, in order (with --from: renames them)")
     norm = parser.add_argument_group("normalisation the weights expect (raw pixel units)")

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 
@@ -83,7 +83,9 @@ def _import_kwargs(timm_name: str, n_bands: int, img_size: int | None, patch_siz
     """Constructor arguments for an imported model: the CLS token as its output (DINO's embedding;
     timm's DINOv3 models pool by average by default), the model's own image size unless told."""
     if img_size is None:
-        img_size = int(timm.get_pretrained_cfg_value(timm_name, "input_size")[-1]) if timm.is_model(timm_name) else 224
+        img_size = 224
+        if timm.is_model(timm_name):  # a registered model's pretrained cfg has an input_size (C, H, W)
+            img_size = int(cast(tuple[int, ...], timm.get_pretrained_cfg_value(timm_name, "input_size"))[-1])
     return backbone_kwargs(n_bands, img_size, patch_size, {"global_pool": "token", **(extra or {})})
 
 
@@ -106,7 +108,8 @@ def import_weights(
     meta = EncoderMeta(
         timm_name=timm_name, timm_kwargs=kwargs, bands=list(bands), mean=norm.mean, std=norm.std,
         patch_size=effective_patch_size(backbone), img_size=int(kwargs["img_size"]),
-        embed_dim=int(backbone.num_features), gsd=gsd, p2=norm.p2, p98=norm.p98, feature_recipe=feature_recipe,
+        embed_dim=int(cast(int, backbone.num_features)), gsd=gsd, p2=norm.p2, p98=norm.p98,
+        feature_recipe=feature_recipe,
         extra={"import": {"weights": str(Path(weights).resolve()), "sha256": file_sha256(weights),
                           "layout": layout, "which": which if layout.startswith("dino-") else None}},
     )
@@ -139,7 +142,7 @@ def adapt_encoder(
         mapping = None
     if mapping is not None and norm is None:
         raise ValueError("changing the bands needs the new bands' statistics (--stats, or --mean and --std)")
-    target_bands = list(bands) if mapping is not None else list(meta.bands)
+    target_bands = list(bands) if mapping is not None and bands is not None else list(meta.bands)
     if norm is not None and len(norm.mean) != len(target_bands):
         raise ValueError(f"statistics of {len(norm.mean)} bands for {len(target_bands)} target bands")
     kwargs = dict(meta.timm_kwargs)

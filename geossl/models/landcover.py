@@ -21,13 +21,13 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
+from geossl.choices import FEATURE_RECIPES, HEAD_TYPES
 from geossl.io import atomic_path, atomic_write_json, read_json
-from geossl.models.encoder import FEATURE_RECIPES, META_FILE, WEIGHTS_FILE, Encoder, EncoderMeta, load_encoder
+from geossl.models.encoder import META_FILE, WEIGHTS_FILE, Encoder, EncoderMeta, load_encoder
 
 HEAD_FORMAT = "geossl-landcover-head"
 HEAD_VERSION = 2  # the newest head.json this geossl reads; linear folders are still written as version 1
 LINEAR_HEAD_VERSION = 1  # version 2 = an attentive head (older geossl then says "newer than this geossl reads")
-HEAD_TYPES = ("linear", "attentive")
 TOKENS_RECIPE = "tokens"  # the "feature recipe" of an attentive head: CLS + patch tokens of the last block
 TOKENS_DESCRIPTION = "last block tokens after the final norm: CLS then the patch tokens (register tokens dropped)"
 HEAD_WEIGHTS = "head.safetensors"
@@ -55,6 +55,9 @@ class LinearHead(_ClassifierHead):
     Standardising inside the module (not in the data pipeline) means the saved head applies exactly
     the transform it was trained with, and one learning-rate sweep suits any encoder's feature scale.
     """
+
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -91,6 +94,9 @@ class AttentiveHead(_ClassifierHead):
     token, so it cancels in the softmax, and the attention weights sum to 1). No (B, N, D) key or value
     projection is ever formed: about D / heads times fewer operations, which keeps CPU probes cheap.
     """
+
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int | None = None) -> None:
         super().__init__()

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossl.devices import pick_device
 from geossl.models.encoder import Encoder, load_encoder
 from geossl.models.landcover import LandCoverModel, load_landcover_model
 from geossl.predict.attention import attention_maps as _attention_maps
-from geossl.predict.common import pick_device
 from geossl.predict.embed import EmbedResult, embed_inputs
 from geossl.predict.scene import SceneResult
 from geossl.predict.scene import classify_scene as _classify_scene

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -20,8 +21,11 @@ import torch
 from geossl.models.encoder import Encoder
 from geossl.plotting import save_png
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import Attention
 
-def _last_attention(encoder: Encoder) -> torch.nn.Module:
+
+def _last_attention(encoder: Encoder) -> Attention:
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(encoder.backbone, VisionTransformer):  # e.g. Eva (DINOv3): RoPE is applied inside attention
@@ -30,7 +34,8 @@ def _last_attention(encoder: Encoder) -> torch.nn.Module:
     blocks = getattr(encoder.backbone, "blocks", None)
     if blocks is None or not len(blocks) or not hasattr(blocks[-1], "attn") or not hasattr(blocks[-1].attn, "qkv"):
         raise ValueError(f"{encoder.meta.timm_name}: no timm ViT attention block (blocks[-1].attn.qkv) to read")
-    return blocks[-1].attn
+    # timm's Attention (or a look-alike with its qkv, q_norm/k_norm, num_heads and scale): what we read of it.
+    return cast("Attention", blocks[-1].attn)
 
 
 def grid_size(encoder: Encoder, height: int, width: int) -> tuple[int, int]:
@@ -121,4 +126,4 @@ def write_attention_png(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_png(fig, out_png)
+    return save_png(fig, Path(out_png))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.data.raster import parse_band_indices, raster_env
+from geossl.devices import pick_device
 from geossl.io import check_outputs
-from geossl.predict.common import ensure_out_dir, gdal_env, parse_bands, pick_device
+from geossl.predict.common import ensure_out_dir
 
 MAX_SIDE = 1024  # attention is per tile; a whole scene would be a quadratic number of token pairs
 
@@ -36,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if len(uris) != 1:
         raise ValueError(f"--input {args.input}: matches {len(uris)} files; attention maps are drawn for one tile")
     encoder = load_encoder(Path(args.encoder), device=pick_device(args.device))
-    with gdal_env(uris):
+    with raster_env(uris):
         width, height, _ = image_header(uris[0])
         if max(width, height) > MAX_SIDE:
             raise ValueError(f"{uris[0]}: {width}x{height} px; attention maps are per tile (at most {MAX_SIDE} px a side)")
-        tile = read_tile(uris[0], encoder.meta, parse_bands(args.bands))
+        tile = read_tile(uris[0], encoder.meta, parse_band_indices(args.bands, "--bands"))
     maps = attention_maps(encoder, tile.image)[0]
-    rgb = rgb_indices(tile.image.shape[0], parse_bands(args.rgb_bands))
+    rgb = rgb_indices(tile.image.shape[0], parse_band_indices(args.rgb_bands, "--rgb-bands"))
     meta = encoder.meta
     low = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
     high = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None

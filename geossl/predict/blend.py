@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-BLENDS = ("mean", "hann")
+from geossl.choices import BLENDS
+
 HANN_FLOOR = 0.01  # weight at the very border of a window, relative to 1 at its centre
 
 

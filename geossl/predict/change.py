@@ -36,12 +36,14 @@ import numpy as np
 import torch
 from rasterio.transform import Affine
 
+from geossl.choices import BLENDS
+from geossl.data.raster import raster_env
 from geossl.io import check_outputs
 from geossl.models.encoder import Encoder
 from geossl.models.landcover import LandCoverModel
-from geossl.predict.blend import BLENDS, RowAccumulator
+from geossl.predict.blend import RowAccumulator
 from geossl.predict.change_outputs import cell_area_ha, date_in_name, write_change_preview, write_transitions
-from geossl.predict.common import ensure_out_dir, fill_invalid, gdal_env, output_stem
+from geossl.predict.common import ensure_out_dir, fill_invalid, output_stem
 from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries
 from geossl.predict.reader import SceneReader
@@ -256,7 +258,7 @@ def change_scene(
     outputs = change_outputs(ensure_out_dir(out_dir), before, after, model is not None, preview, stac)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start = time.perf_counter()
-    with (gdal_env([before, after], GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+    with (raster_env([before, after], GDAL_CACHEMAX=GDAL_CACHE_BYTES),
           SceneReader(before, meta, bands, resample) as reader_a,
           SceneReader(after, meta, bands, onto=reader_a.grid(before)) as reader_b):
         if reader_a.width < tile or reader_a.height < tile:
@@ -283,7 +285,7 @@ def change_scene(
     if outputs["preview"] is not None:
         low = [meta.p2[i] for i in rgb] if meta.p2 and meta.p98 else None
         high = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None
-        with gdal_env([before, after], GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        with raster_env([before, after], GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             write_change_preview(outputs["preview"], before, after, rgb_bands, low, high, str(outputs["score"]),
                                  title=f"{output_stem(before)} -> {output_stem(after)}: tile {tile}, stride {stride}")
     if outputs["stac"] is not None:

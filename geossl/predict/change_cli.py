@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geossl.choices import BLENDS
 from geossl.cli import positive_int
+from geossl.data.raster import parse_band_indices
+from geossl.devices import pick_device
 from geossl.io import RunLock, atomic_path, check_outputs
-from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
+from geossl.predict.common import ensure_out_dir
 
 SERIES_CSV = "change_series.csv"
 
@@ -43,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resample the before scene to the encoder's gsd (default: as classify)")
     parser.add_argument("--min-valid", type=float, default=0.5,
                         help="fraction of a patch's pixels valid on both dates it needs; else nodata")
-    parser.add_argument("--blend", choices=("mean", "hann"), default="mean",
+    parser.add_argument("--blend", choices=BLENDS, default="mean",
                         help="combine overlapping windows (stride < tile) as classify does")
     parser.add_argument("--no-preview", action="store_true", help="skip the *_change_preview.png")
     parser.add_argument("--no-stac", action="store_true", help="skip the *_change.stac.json STAC Item")
@@ -124,7 +127,7 @@ def _change_into(args: argparse.Namespace, encoder: Any, pairs: list[tuple[str, 
     for before, after in pairs:
         result = change_scene(
             encoder, before, after, out_dir, tile_size=args.tile_size, stride=args.stride,
-            bands=parse_bands(args.bands), resample=args.resample, batch_size=args.batch_size,
+            bands=parse_band_indices(args.bands, "--bands"), resample=args.resample, batch_size=args.batch_size,
             min_valid=args.min_valid, blend=args.blend, preview=not args.no_preview, stac=not args.no_stac,
             overwrite=args.overwrite, check_stats=not args.no_check_stats, progress=not args.quiet,
             model_path=args.model or args.encoder,

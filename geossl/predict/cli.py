@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geossl.choices import BLENDS, INPUT_MODES, PROBS_DTYPES, RESCALES
 from geossl.cli import positive_int
+from geossl.data.raster import parse_band_indices
+from geossl.devices import pick_device
 from geossl.io import RunLock, check_outputs
-from geossl.predict.common import ensure_out_dir, parse_bands, pick_device
+from geossl.predict.common import ensure_out_dir
 from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
 
 if TYPE_CHECKING:
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, nargs="+",
                         help="scene(s) or tile(s): files, folders, globs, s3://bucket/prefix")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--mode", choices=("auto", "scene", "tiles"), default="auto",
+    parser.add_argument("--mode", choices=INPUT_MODES, default="auto",
                         help="treat inputs as scenes (maps) or tiles (one prediction each); auto: by size")
     parser.add_argument("--tile-size", type=positive_int, default=None, help="window size in pixels (default: the model's img_size)")
     parser.add_argument("--stride", type=positive_int, default=None, help="window step = map pixel size (default: tile size)")
@@ -41,22 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-valid", type=float, default=0.5,
                         help="fraction of valid pixels a map cell needs; else nodata (255)")
     parser.add_argument("--probs", action="store_true", help="also write <scene>_probs.tif (one band per class)")
-    parser.add_argument("--probs-dtype", choices=("float32", "uint8"), default="float32",
+    parser.add_argument("--probs-dtype", choices=PROBS_DTYPES, default="float32",
                         help="probabilities as float32 (NaN nodata) or uint8 = round(p * 254), 255 nodata (4x smaller)")
-    parser.add_argument("--blend", choices=("mean", "hann"), default="mean",
+    parser.add_argument("--blend", choices=BLENDS, default="mean",
                         help="combine overlapping windows (stride < tile) by a plain mean or a Hann-weighted mean "
                              "that trusts window centres more than borders")
     parser.add_argument("--tta", action="store_true",
                         help="average each window over its 8 flips/rotations (8x the inference)")
-    parser.add_argument("--rescale", choices=("none", "percentile"), default="none",
+    parser.add_argument("--rescale", choices=RESCALES, default="none",
                         help="percentile: map each band's 2nd/98th percentiles onto the model's (scenes in other units)")
     parser.add_argument("--dense", action="store_true",
                         help="scenes: one map pixel per ViT patch (patch size x pixel size, e.g. 80 m for patch 8 "
                              "at 10 m) from the dense head of `geossl probe --dense`; --stride a multiple of the "
                              "patch size <= the tile (default: the tile); no tiles GeoJSON")
-    parser.add_argument("--no-stac", action="store_true", help="skip the <scene>_classes.stac.json STAC Item")
+    parser.add_argument("--no-stac", action="store_true",
+                        help="skip the <scene>_classes.stac.json STAC Items (and so the folder's collection.json)")
+    parser.add_argument("--mosaic", action="store_true",
+                        help="also write mosaic.tif: every class map of the folder in one CRS, as one COG "
+                             "(classes.vrt, collection.json and areas.csv are written after every run)")
+    parser.add_argument("--mosaic-crs", default=None,
+                        help="CRS of the mosaic, e.g. EPSG:32614 (default: the CRS most maps are in)")
     parser.add_argument("--no-preview", action="store_true", help="skip <scene>_preview.png")
     parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="map scenes on N processes, each with an equal share of the cores and its own copy "
+                             "of the model (one progress bar over scenes); 1 = in this process")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs (not needed to redo a scene whose input or model changed: "
@@ -73,6 +85,17 @@ def scenes_only_options(args: argparse.Namespace) -> str:
     return ", ".join(name for name, on in given if on)
 
 
+def check_mosaic_crs(text: str) -> None:
+    """Refuse a --mosaic-crs rasterio cannot read, in one line and before any work."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_user_input(text)
+    except CRSError as exc:
+        raise ValueError(f"--mosaic-crs {text}: not a CRS ({exc})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from geossl.models.landcover import load_landcover_model
     from geossl.predict.rescale import check_rescale
@@ -82,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_landcover_model(Path(args.model), device=device)
     if scenes_only_options(args) and args.mode == "tiles":
         raise ValueError(f"{scenes_only_options(args)} apply to scene maps, not --mode tiles")
+    if args.mosaic_crs is not None:
+        check_mosaic_crs(args.mosaic_crs)
+        args.mosaic = True  # a mosaic CRS asks for a mosaic
     if args.rescale == "percentile":
         check_rescale(args.rescale, model.meta)  # a model without p2/p98: fail before any output
     if args.dense:
@@ -105,7 +131,7 @@ def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: P
     from geossl.predict.stac import href_of
     from geossl.predict.tiles import classify_tiles
 
-    bands = parse_bands(args.bands)
+    bands = parse_band_indices(args.bands, "--bands")
     uris = image_inputs(args.input)
     tile = args.tile_size or model.meta.img_size
     scenes, tiles = split_inputs(uris, args.mode, tile, args.tile_size is not None or args.stride is not None,
@@ -116,7 +142,7 @@ def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: P
     if tiles:
         check_outputs([out_dir / CSV_NAME, out_dir / GEOJSON_NAME], args.overwrite)
     manifest, plans = Manifest(out_dir), []
-    ctx: dict[str, Any] = {"bands": bands}
+    ctx: dict[str, Any] = {"bands": bands, "device": device}
     if scenes:
         ctx["model"] = {"path": href_of(args.model), "hash": model_hash(args.model)}
         tile, stride = check_scene_options(model, args.tile_size, args.stride, args.min_valid, args.blend,
@@ -142,49 +168,83 @@ def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: P
         done, skipped, failed, n_windows = _map_scenes(args, model, out_dir, plans, manifest, ctx)
         parts.insert(0, f"{len(scenes)} scene(s): {done} done, {skipped} skipped as current, {failed} failed "
                         f"({MANIFEST_NAME}), {n_windows} windows")
+    if scenes:
+        from geossl.predict.collection import write_products
+
+        products = write_products(out_dir, manifest.latest, model, args.model, dense=args.dense, mosaic=args.mosaic,
+                                  mosaic_crs=args.mosaic_crs)
+        print(f"classify: folder products: {products}", flush=True)
     seconds = time.perf_counter() - start
     print(f"classify: {' and '.join(parts)} in {seconds:.1f} s on {device} -> {out_dir}", file=sys.stdout)
     return 1 if failed else 0
 
 
+def _scene_options(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`geossl.predict.scene.classify_scene` every scene of the run shares."""
+    return {"tile_size": args.tile_size, "stride": args.stride, "bands": ctx["bands"], "resample": args.resample,
+            "batch_size": args.batch_size, "min_valid": args.min_valid, "probs": args.probs,
+            "preview": not args.no_preview, "check_stats": not args.no_check_stats, "progress": not args.quiet,
+            "blend": args.blend, "tta": args.tta, "probs_dtype": args.probs_dtype, "rescale": args.rescale,
+            "stac": not args.no_stac, "model_path": args.model, "dense": args.dense}
+
+
 def _map_scenes(args: argparse.Namespace, model: Any, out_dir: Path, plans: list[ScenePlan], manifest: Manifest,
                 ctx: dict[str, Any]) -> tuple[int, int, int, int]:
-    """Map every scene that is not current, recording each attempt in the manifest: a scene that fails
+    """Map every scene that is not current, in this process or on ``--workers`` processes
+    (:mod:`geossl.predict.workers`), recording each attempt in the manifest: a scene that fails
     (unreadable, truncated, wrong bands, a read error midway) is recorded with its one-line reason and the
     others go on; its outputs are never left half-written (:class:`geossl.predict.maps.COGStripWriter`
     writes beside the final name and renames). Returns (done, skipped as current, failed, windows)."""
-    from rasterio.errors import RasterioError
+    from geossl.predict.manifest import scene_record
+    from geossl.predict.workers import SceneOutcome, classify_in_workers, classify_one
 
-    from geossl.predict.manifest import one_line_reason, scene_record
-    from geossl.predict.scene import classify_scene
+    todo = [plan for plan in plans if not plan.current]
+    by_key = {plan.key: plan for plan in todo}
+    counts = {"done": 0, "failed": 0, "windows": 0}
+    options = _scene_options(args, ctx)
 
-    done = skipped = failed = n_windows = 0
-    for plan in plans:
-        if plan.current:
-            skipped += 1
-            continue
+    def started(key: str) -> None:
         # "started" first: after a crash or kill the manifest still shows these outputs are this scene's
-        manifest.append(scene_record(plan, "started", ctx["model"], ctx["options"]))
-        try:
-            res = classify_scene(
-                model, plan.uri, out_dir, tile_size=args.tile_size, stride=args.stride, bands=ctx["bands"],
-                resample=args.resample, batch_size=args.batch_size, min_valid=args.min_valid, probs=args.probs,
-                preview=not args.no_preview, overwrite=plan.replace, check_stats=not args.no_check_stats,
-                progress=not args.quiet, blend=args.blend, tta=args.tta, probs_dtype=args.probs_dtype,
-                rescale=args.rescale, stac=not args.no_stac, model_path=args.model, dense=args.dense,
-                stem=plan.stem,
-            )
-        except BaseException as exc:
-            reason = one_line_reason(exc, plan.uri)
-            manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"], reason))
-            if not isinstance(exc, ValueError | OSError | RuntimeError | RasterioError):
-                raise  # an interrupt or a bug: recorded, then not swallowed
-            print(f"geossl classify: error: {reason}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        manifest.append(scene_record(plan, "done", ctx["model"], ctx["options"], windows=res.windows,
-                                     seconds=round(res.seconds, 3)))
-        done += 1
-        n_windows += res.windows
-        print(res.summary(), flush=True)
-    return done, skipped, failed, n_windows
+        manifest.append(scene_record(by_key[key], "started", ctx["model"], ctx["options"]))
+
+    def finished(key: str, outcome: SceneOutcome) -> None:
+        plan = by_key[key]
+        if outcome.status == "failed":
+            manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"], outcome.reason))
+            print(f"geossl classify: error: {outcome.reason}", file=sys.stderr, flush=True)
+            counts["failed"] += 1
+            return
+        manifest.append(scene_record(plan, "done", ctx["model"], ctx["options"], windows=outcome.windows,
+                                     seconds=round(outcome.seconds, 3)))
+        counts["done"] += 1
+        counts["windows"] += outcome.windows
+        print(outcome.summary, flush=True)
+
+    if args.workers > 1 and len(todo) > 1:
+        jobs = [(plan.key, plan.uri, plan.stem, plan.replace) for plan in todo]
+        bar = _scene_bar(len(todo), args.quiet)
+        for key, outcome in classify_in_workers(jobs, out_dir, options, args.model, ctx["device"], args.workers,
+                                                started):
+            finished(key, outcome)
+            bar.update(1)
+        bar.close()
+    else:
+        for plan in todo:
+            started(plan.key)
+            try:
+                outcome = classify_one(model, plan.uri, out_dir, plan.stem, plan.replace, options)
+            except BaseException as exc:  # an interrupt or a bug: recorded, then not swallowed
+                from geossl.predict.manifest import one_line_reason
+
+                manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"],
+                                             one_line_reason(exc, plan.uri)))
+                raise
+            finished(plan.key, outcome)
+    return counts["done"], len(plans) - len(todo), counts["failed"], counts["windows"]
+
+
+def _scene_bar(total: int, quiet: bool) -> Any:
+    """One progress bar over scenes (the workers draw none of their own)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="scenes", unit="scene", disable=quiet)

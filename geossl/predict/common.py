@@ -6,56 +6,22 @@ results fails in a second with one line naming the file, not after an hour of in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from geossl.devices import DEVICE_CHOICES, pick_device  # noqa: F401 (re-exported: the predict commands' device rule)
 from geossl.models.encoder import EncoderMeta
 
 STATS_Z_LIMIT = 10.0  # band medians further than this many model stds from the model mean are a mismatch
 
 log = logging.getLogger("geossl")
-
-
-@contextlib.contextmanager
-def gdal_env(uris: str | Sequence[str], **options: Any) -> Iterator[None]:
-    """A rasterio/GDAL environment for reading ``uris``: with boto3's credentials and endpoint when any is
-    on S3 (:func:`geossl.data.s3.rasterio_env`), plus GDAL ``options``; nothing process-wide changes."""
-    import rasterio
-
-    items = [uris] if isinstance(uris, str) else list(uris)
-    if any(str(u).startswith("/vsis3/") for u in items):
-        from geossl.data.s3 import rasterio_env
-
-        with rasterio_env(**options):
-            yield
-    else:
-        with rasterio.Env(**options):
-            yield
-
-
-def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (1-based band indices, GDAL's convention)."""
-    if text is None or text == "":
-        return None
-    items = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        bands = [int(str(b).strip()) for b in items]
-    except ValueError:
-        raise ValueError(f"--bands: expected comma-separated 1-based band numbers like 1,2,3, got {text!r}") from None
-    if not bands or min(bands) < 1:
-        raise ValueError(f"--bands: band numbers start at 1, got {text!r}")
-    return bands
 
 
 def resolve_bands(

@@ -27,13 +27,12 @@ import shapely
 from pyproj import CRS
 from tqdm import tqdm
 
-from geossl.data.raster import axis_plan
+from geossl.data.raster import axis_plan, raster_env
 from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import Encoder, EncoderMeta
 from geossl.predict.common import (
     check_statistics,
     ensure_out_dir,
-    gdal_env,
     model_device,
     run_batches,
 )
@@ -58,7 +57,7 @@ class Item:
 def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: int, stride: int,
                 resample: bool | None, min_valid: float, check_stats: bool) -> Iterator[Item]:
     """Grid windows of one scene (regular grid plus an edge-flush window), skipping mostly-nodata ones."""
-    with gdal_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(uri, meta, bands, resample) as reader:
+    with raster_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(uri, meta, bands, resample) as reader:
         if reader.width < tile or reader.height < tile:
             raise ValueError(f"{uri}: {reader.width}x{reader.height} px is smaller than one {tile} px tile")
         if check_stats:
@@ -194,7 +193,7 @@ def embed_inputs(
     def features(x: Any) -> Any:
         return encoder.features(x, recipe)
 
-    with gdal_env(tiles), atomic_path(out, suffix=".parquet") as tmp:
+    with raster_env(tiles), atomic_path(out, suffix=".parquet") as tmp:
         stream = GeoParquetStream(tmp, dim)
         try:
             batch: list[Item] = []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.choices import FEATURE_RECIPES, INPUT_MODES
 from geossl.cli import positive_int
-from geossl.models.encoder import FEATURE_RECIPES
-from geossl.predict.common import parse_bands, pick_device
+from geossl.data.raster import parse_band_indices
+from geossl.devices import pick_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output .parquet file (GeoParquet when georeferenced)")
     parser.add_argument("--recipe", choices=FEATURE_RECIPES, default="cls",
                         help="cls: final CLS token; cls_last4 / cls_avgpool: the probe feature recipes")
-    parser.add_argument("--mode", choices=("auto", "scene", "tiles"), default="auto",
+    parser.add_argument("--mode", choices=INPUT_MODES, default="auto",
                         help="scenes are cut into a grid of windows; auto: files larger than a tile are scenes")
     parser.add_argument("--tile-size", type=positive_int, default=None, help="window size for scenes (default: img_size)")
     parser.add_argument("--stride", type=positive_int, default=None, help="window step for scenes (default: tile size)")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     encoder = load_encoder(Path(args.encoder), device=device)
     result = embed_inputs(
         encoder, image_inputs(args.input), args.out, recipe=args.recipe, mode=args.mode, tile_size=args.tile_size,
-        stride=args.stride, bands=parse_bands(args.bands), resample=args.resample, min_valid=args.min_valid,
+        stride=args.stride, bands=parse_band_indices(args.bands, "--bands"), resample=args.resample, min_valid=args.min_valid,
         batch_size=args.batch_size, overwrite=args.overwrite, check_stats=not args.no_check_stats,
         progress=not args.quiet,
     )

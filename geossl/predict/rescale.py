@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geossl.choices import RESCALES
 from geossl.models.encoder import EncoderMeta
 
-RESCALES = ("none", "percentile")
 LOW_PCT, HIGH_PCT = 2.0, 98.0
 
 

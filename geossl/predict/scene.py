@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 from rasterio.transform import Affine
 
+from geossl.choices import BLENDS, PROBS_DTYPES
 from geossl.data.raster import AxisPlan as AxisPlan  # re-exported: the planner lives in the raster layer
-from geossl.data.raster import axis_plan
+from geossl.data.raster import axis_plan, raster_env
 from geossl.io import check_outputs
 from geossl.models.landcover import LandCoverModel
-from geossl.predict.blend import BLENDS, PROBS_UINT8_TAGS, RowAccumulator, axis_weights, quantize_probs
+from geossl.predict.blend import PROBS_UINT8_TAGS, RowAccumulator, axis_weights, quantize_probs
 from geossl.predict.common import (
     ensure_out_dir,
-    gdal_env,
     model_device,
     output_stem,
     run_batches,
@@ -140,7 +140,7 @@ def classify_scene(
     outputs = scene_outputs(ensure_out_dir(out_dir), scene, probs, geojson, preview, stac, stem)
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start_time = time.perf_counter()
-    with (gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+    with (raster_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES),
           SceneReader(scene, meta, bands, resample, rescale=rescale) as reader):
         _check_scene_size(reader, scene, tile, stride)
         if check_stats:
@@ -166,7 +166,7 @@ def classify_scene(
         p98 = [meta.p98[i] for i in rgb] if meta.p2 and meta.p98 else None
         if stretch is not None:  # the scene is in other units than the model's: stretch by its own percentiles
             p2, p98 = stretch
-        with gdal_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
+        with raster_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # a decimated read touches every block
             write_preview(outputs["preview"], scene, [read_bands[i] for i in rgb], p2, p98,
                           str(outputs["classes"]), classes,
                           title=f"{stem}: tile {tile}, stride {stride} ({note})")
@@ -196,7 +196,7 @@ def check_scene_options(model: LandCoverModel, tile_size: int | None, stride: in
 def _check_options(blend: str, probs_dtype: str) -> None:
     if blend not in BLENDS:
         raise ValueError(f"--blend must be one of {BLENDS}, got {blend!r}")
-    if probs_dtype not in ("float32", "uint8"):
+    if probs_dtype not in PROBS_DTYPES:
         raise ValueError(f"--probs-dtype must be float32 or uint8, got {probs_dtype!r}")
 
 

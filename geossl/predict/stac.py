@@ -27,8 +27,8 @@ from urllib.parse import quote
 
 import rasterio
 
+from geossl.data.raster import raster_env
 from geossl.io import atomic_write_json
-from geossl.predict.common import gdal_env
 from geossl.predict.geojson import footprint_lonlat
 
 MEDIA = {".tif": "image/tiff; application=geotiff; profile=cloud-optimized", ".png": "image/png",
@@ -40,7 +40,7 @@ TITLES = {"classes": "land-cover classes", "probs": "class probabilities", "geoj
 
 def scene_datetime(scene: str) -> dt.datetime | None:
     """The scene's TIFFTAG_DATETIME ("YYYY:MM:DD HH:MM:SS", as UTC), or None when absent or malformed."""
-    with gdal_env(scene), rasterio.open(scene) as src:
+    with raster_env(scene), rasterio.open(scene) as src:
         text = (src.tags().get("TIFFTAG_DATETIME") or "").strip()
     try:
         return dt.datetime.strptime(text, "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC) if text else None

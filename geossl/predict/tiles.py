@@ -26,7 +26,7 @@ from rasterio.transform import Affine
 from tqdm import tqdm
 
 from geossl.data.patches import read_pil_array
-from geossl.data.raster import WindowReader, open_raster, valid_mask
+from geossl.data.raster import WindowReader, open_raster, raster_env, valid_mask
 from geossl.data.uris import RASTER_EXTS, expand_inputs
 from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import EncoderMeta
@@ -35,7 +35,6 @@ from geossl.predict.common import (
     check_statistics,
     ensure_out_dir,
     fill_invalid,
-    gdal_env,
     model_device,
     resolve_bands,
     run_batches,
@@ -101,7 +100,7 @@ def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool,
     if mode != "auto":
         return (uris, []) if mode == "scene" else ([], uris)
     kinds: list[str | None] = []
-    with gdal_env(uris):
+    with raster_env(uris):
         for uri in uris:
             try:
                 width, height, georeferenced = image_header(uri)
@@ -241,7 +240,7 @@ def classify_tiles(
     n_geo = n = 0
     header = ["path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(gdal_env(uris))
+        stack.enter_context(raster_env(uris))
         tmp_csv = stack.enter_context(atomic_path(csv_path, suffix=".csv"))
         fh = stack.enter_context(open(tmp_csv, "w", newline=""))
         writer = csv.writer(fh)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from geossl.choices import ATTENTIVE_EPOCHS, ATTENTIVE_LRS
 from geossl.data.patches import PatchDataset
 from geossl.models.encoder import Encoder
 from geossl.models.landcover import TOKENS_DESCRIPTION, AttentiveHead, default_num_heads, last_block_tokens
@@ -36,8 +37,8 @@ from geossl.probe.features import SplitTable, _table_csv, cache_key, check_compa
 __all__ = ["AttentiveHead", "DEFAULT_EPOCHS", "DEFAULT_LRS", "DEFAULT_WEIGHT_DECAY", "extract_tokens",
            "fit_attentive_head", "train_attentive"]
 
-DEFAULT_EPOCHS = 10
-DEFAULT_LRS: tuple[float, ...] = (1e-3, 3e-3)  # 3e-4 never led on the demo encoder (EuroSAT RGB, 10 epochs)
+DEFAULT_EPOCHS = ATTENTIVE_EPOCHS
+DEFAULT_LRS: tuple[float, ...] = ATTENTIVE_LRS
 DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_TRAIN_BATCH = 256
 
@@ -74,6 +75,7 @@ def extract_tokens(encoder: Encoder, dataset: PatchDataset, train_rows: np.ndarr
                 shift = tokens.flatten(0, 1).mean(0)
                 scale = tokens.flatten(0, 1).std(0, unbiased=False).clamp_min(1e-6)
             store[torch.from_numpy(idx)] = ((tokens - shift) / scale).half()
+            assert total is not None and total_sq is not None  # set with the store, at the first batch
             train = tokens[torch.from_numpy(is_train[idx])].flatten(0, 1).double()
             total += train.sum(0)
             total_sq += train.pow(2).sum(0)

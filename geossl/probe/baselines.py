@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from geossl.data.patches import PatchDataset
 from geossl.evaluation.features import map_dataset
 from geossl.probe.features import SplitTable, cache_key, cached_table_features
 
@@ -47,7 +48,7 @@ def band_statistics_features(
     """Band statistics of every row of ``table``, cached like encoder features (keyed on the file list)."""
     key = cache_key(None, RECIPE, table.paths)
 
-    def compute(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    def compute(dataset: PatchDataset) -> torch.Tensor:
         dim = len(BAND_STAT_NAMES) * dataset.band_count
         invalid = torch.full((dataset.band_count,), torch.nan)  # masked pixels (raster rule) are ignored
         return map_dataset(band_statistics, dataset, dim, batch_size, num_workers, "cpu", "band statistics",

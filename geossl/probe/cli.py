@@ -6,17 +6,19 @@ import argparse
 import os
 from pathlib import Path
 
+from geossl.choices import (
+    ATTENTIVE_EPOCHS,
+    ATTENTIVE_LRS,
+    FEATURE_RECIPES,
+    HEAD_TYPES,
+    PROBE_DENSE_TOKENS,
+    PROBE_WEIGHT_DECAYS,
+)
 from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.labels.options import SPLIT_MODES, LabelOptions, parse_class_names
 from geossl.settings import data_root
 
-# Literal copies so `geossl probe --help` does not import torch; tests check they match the sources.
-FEATURE_RECIPES = ("cls", "cls_last4", "cls_avgpool", "last4_avgpool_cls")  # geossl.models.encoder.FEATURE_RECIPES
-DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # geossl.probe.linear.DEFAULT_WEIGHT_DECAYS
-DEFAULT_DENSE_TOKENS = 16  # geossl.probe.dense.DEFAULT_TOKENS_PER_PATCH
-DEFAULT_ATTENTIVE_EPOCHS = 10  # geossl.probe.attentive.DEFAULT_EPOCHS
-DEFAULT_ATTENTIVE_LRS = (1e-3, 3e-3)  # geossl.probe.attentive.DEFAULT_LRS
 PROBE_OUTPUTS = ("metrics.json", "model")  # what marks a folder as holding a finished (or half-written) probe
 
 
@@ -111,9 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=positive_int, default=20, help="k-NN neighbours (default 20)")
     parser.add_argument("--temperature", type=float, default=0.07, help="k-NN temperature (default 0.07)")
     parser.add_argument("--weight-decays", type=parse_floats,
-                        default=list(DEFAULT_WEIGHT_DECAYS), metavar="LIST",
+                        default=list(PROBE_WEIGHT_DECAYS), metavar="LIST",
                         help="L2 strengths swept for the linear head, chosen on val "
-                             f"(default {','.join(f'{w:g}' for w in DEFAULT_WEIGHT_DECAYS)})")
+                             f"(default {','.join(f'{w:g}' for w in PROBE_WEIGHT_DECAYS)})")
     parser.add_argument("--max-iter", type=positive_int, default=100, help="L-BFGS iterations per weight decay")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="feature-extraction batch size")
     parser.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
@@ -122,18 +124,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense", action="store_true",
                         help="also fit a per-patch head on the last block's patch tokens (each token takes its "
                              "patch's label), for `geossl classify --dense` maps at patch resolution")
-    parser.add_argument("--dense-tokens", type=int, default=DEFAULT_DENSE_TOKENS, metavar="N",
+    parser.add_argument("--dense-tokens", type=int, default=PROBE_DENSE_TOKENS, metavar="N",
                         help="--dense: tokens drawn (seeded) per train/val patch to fit on (default 16; 0 = all); "
                              "every test token is scored")
-    parser.add_argument("--head", choices=("linear", "attentive"), default="linear",
+    parser.add_argument("--head", choices=HEAD_TYPES, default="linear",
                         help="the saved model's head: linear (default) or attentive (a learned query "
                              "cross-attending over the last block's CLS + patch tokens, then LayerNorm + Linear; "
                              "fitted besides the linear and k-NN probes, which are still reported)")
-    parser.add_argument("--attentive-epochs", type=positive_int, default=DEFAULT_ATTENTIVE_EPOCHS, metavar="N",
-                        help=f"--head attentive: training epochs (default {DEFAULT_ATTENTIVE_EPOCHS})")
-    parser.add_argument("--attentive-lrs", type=parse_floats, default=list(DEFAULT_ATTENTIVE_LRS), metavar="LIST",
+    parser.add_argument("--attentive-epochs", type=positive_int, default=ATTENTIVE_EPOCHS, metavar="N",
+                        help=f"--head attentive: training epochs (default {ATTENTIVE_EPOCHS})")
+    parser.add_argument("--attentive-lrs", type=parse_floats, default=list(ATTENTIVE_LRS), metavar="LIST",
                         help="--head attentive: AdamW learning rates swept, chosen on val "
-                             f"(default {','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_LRS)})")
+                             f"(default {','.join(f'{v:g}' for v in ATTENTIVE_LRS)})")
     parser.add_argument("--no-random-baseline", action="store_true",
                         help="skip the random-init baseline (the band-statistics baseline always runs)")
     parser.add_argument("--overwrite", action="store_true",
@@ -146,7 +148,7 @@ def label_options(args: argparse.Namespace) -> LabelOptions | None:
         if args.scenes:
             raise ValueError("--scenes needs --labels or --label-raster (the labels the chips are cut for)")
         return None
-    from geossl.predict.common import parse_bands
+    from geossl.data.raster import parse_band_indices
 
     if args.data is not None or args.splits is not None:
         raise ValueError("--data/--splits are for labelled patches; with --labels/--label-raster the chips "
@@ -155,7 +157,7 @@ def label_options(args: argparse.Namespace) -> LabelOptions | None:
         raise ValueError("--labels/--label-raster need --scenes (the imagery the chips are cut from)")
     opts = LabelOptions(
         scenes=list(args.scenes), labels=args.labels, label_raster=args.label_raster, label_field=args.label_field,
-        layer=args.layer, bands=parse_bands(args.bands), resample=args.resample, split=args.split,
+        layer=args.layer, bands=parse_band_indices(args.bands, "--bands"), resample=args.resample, split=args.split,
         block_size=args.block_size, chips_per_polygon=args.chips_per_polygon, min_overlap=args.min_overlap,
         min_purity=args.min_purity, min_valid=args.min_valid, class_names=parse_class_names(args.class_names),
         check_stats=not args.no_check_stats,

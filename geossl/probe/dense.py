@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossl.choices import PROBE_DENSE_TOKENS
 from geossl.data.patches import PatchDataset
 from geossl.models.encoder import Encoder
 from geossl.models.landcover import LinearHead
 from geossl.probe.features import SplitTable, _table_csv, cache_key, check_compatible
 from geossl.probe.linear import DEFAULT_WEIGHT_DECAYS, fit_linear_probe
 
-DEFAULT_TOKENS_PER_PATCH = 16
+DEFAULT_TOKENS_PER_PATCH = PROBE_DENSE_TOKENS
 TOKENS_DESCRIPTION = "last block patch tokens after the final norm; each token labelled with its patch's label"
 
 
@@ -108,7 +109,7 @@ def fit_dense_head(encoder: Encoder, table: SplitTable, cache_dir: Path, *, toke
     dataset = PatchDataset(_table_csv(table, cache_dir, cache_key(None, "dense", table.paths)), classes=table.classes)
     check_compatible(encoder, dataset, "encoder", table.source)
     encoder = encoder.to(device).eval()
-    common = dict(batch_size=batch_size, workers=workers, device=device)
+    common: dict[str, Any] = dict(batch_size=batch_size, workers=workers, device=device)
     train_x, train_y, _ = sample_tokens(encoder, dataset, table, table.indices("train"), tokens_per_patch, seed,
                                         **common)
     val_x, val_y, _ = sample_tokens(encoder, dataset, table, table.indices("val"), tokens_per_patch, seed, **common)

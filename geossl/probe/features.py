@@ -186,8 +186,9 @@ def cache_key(encoder_dir: Path | None, recipe: str, paths: list[Path]) -> str:
     """Hash of weights + geossl.json (when an encoder computes the features) + recipe + file list (with
     sizes and mtimes, so edited files count)."""
     digest = hashlib.sha256()
-    for name in (WEIGHTS_FILE, META_FILE) if encoder_dir is not None else ():
-        _hash_into(digest, encoder_dir / name)
+    if encoder_dir is not None:
+        for name in (WEIGHTS_FILE, META_FILE):
+            _hash_into(digest, encoder_dir / name)
     digest.update(f"\0recipe={recipe}\0".encode())
     for p in paths:
         st = p.stat()

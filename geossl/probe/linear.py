@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geossl.choices import PROBE_WEIGHT_DECAYS
 from geossl.models.landcover import LinearHead
 
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = PROBE_WEIGHT_DECAYS
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossl.choices import HEAD_TYPES, PROBE_DENSE_TOKENS
+from geossl.devices import pick_device
 from geossl.evaluation.knn import knn_predict
 from geossl.io import atomic_write_json
 from geossl.labels.options import LabelOptions
@@ -62,19 +64,11 @@ class ProbeOptions:
     random_baseline: bool = True  # also probe the same architecture at random init (band statistics always)
     labels: LabelOptions | None = None  # labels as geodata over scenes: chips are cut into out/ (``data`` unused)
     dense: bool = False  # also fit a per-patch head on the patch tokens (geossl classify --dense)
-    dense_tokens: int | None = 16  # tokens per train/val patch for that fit (None = all): bounds memory
+    dense_tokens: int | None = PROBE_DENSE_TOKENS  # tokens per train/val patch for that fit (None = all): bounds memory
     head: str = "linear"  # the saved model's head: "linear" or "attentive" (see geossl.probe.attentive)
     attentive_epochs: int = ATTENTIVE_EPOCHS
     attentive_lrs: list[float] = field(default_factory=lambda: list(ATTENTIVE_LRS))  # swept, chosen on val
     attentive_weight_decay: float = ATTENTIVE_WEIGHT_DECAY  # AdamW, on the weight matrices
-
-
-def resolve_device(name: str) -> str:
-    """``--device`` as a torch device string, checked by the one rule classify and embed use too
-    (:func:`geossl.predict.common.pick_device`), before the encoder is loaded or a feature extracted."""
-    from geossl.devices import pick_device
-
-    return str(pick_device(name))
 
 
 def resolve_encoder(spec: str, cache_dir: Path, seed: int) -> tuple[Encoder, Path, str]:
@@ -220,12 +214,12 @@ def label_efficiency(feats: list[Features], table: SplitTable, opts: ProbeOption
 def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     """Run the whole probe and write its outputs; returns the metrics written to ``metrics.json``."""
     t_start = time.perf_counter()
-    if opts.head not in ("linear", "attentive"):
+    if opts.head not in HEAD_TYPES:
         raise ValueError(f"--head: expected linear or attentive, got {opts.head!r}")
     for name in ("k", "max_iter", "seeds", "batch_size"):  # the CLI parses these as >= 1; the API checks here,
         if getattr(opts, name) < 1:  # before any feature is extracted (max_iter 0 saved an untrained head)
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(opts, name)}")
-    opts.device = resolve_device(opts.device)
+    opts.device = str(pick_device(opts.device))  # checked before the encoder is loaded or a feature extracted
     out = Path(opts.out)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else out / "cache"
     labels_report = None

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geossl.dino.sinkhorn import sinkhorn_knopp
+from geossl.dino.objective.sinkhorn import sinkhorn_knopp
 
 
 class TeacherCentering(nn.Module):
@@ -20,6 +20,8 @@ class TeacherCentering(nn.Module):
     equipartition the teacher batch with ``sk_iterations`` Sinkhorn-Knopp steps instead; the centre
     buffer is then left untouched (kept so checkpoints have the same keys).
     """
+
+    center: torch.Tensor  # buffer registered in __init__
 
     def __init__(
         self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,

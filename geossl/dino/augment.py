@@ -60,6 +60,12 @@ class MultiCropAugment(torch.nn.Module):
     disabled, so outputs are float32 even inside a bf16-mixed training step.
     """
 
+    # Buffers registered in __init__ (declared so type checkers see Tensors, not Tensor | Module).
+    mean: Tensor
+    std: Tensor
+    scale: Tensor
+    shift: Tensor
+
     def __init__(
         self,
         cfg: AugmentConfig,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from geossl.dino.loss import TeacherCentering
+from geossl.dino.objective.loss import TeacherCentering
 
 
 @dataclass
