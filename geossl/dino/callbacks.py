@@ -140,9 +140,14 @@ class SigtermCheckpoint(L.Callback):
                       flush=True)
             trainer.should_stop = True
             if self.sigint:
-                # Leave the loop exactly as Lightning does on SIGTERM: letting the epoch finish would run
+                # Leave the loop exactly as Lightning does on SIGTERM (it raises after this step's metrics are
+                # logged, so metrics.csv keeps the row of the step saved): letting the epoch finish would run
                 # on_train_end and overwrite last.ckpt with an "epoch complete" loop state.
-                raise SIGTERMException()
+                # (Lightning's own SIGTERM handler sets this flag; a Lightning without it: leave at once)
+                connector = getattr(trainer, "_signal_connector", None)
+                if connector is None or not hasattr(connector, "received_sigterm"):
+                    raise SIGTERMException()
+                connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         """A SIGTERM that lands during epoch-end work (k-NN, logging) makes Lightning raise at the epoch
