@@ -102,7 +102,7 @@ def time_shards(input_dir: str, n: int, cache_dir: str | None = None) -> tuple[f
 
 def run_many(scenes_dir: Path, n_scenes: int, n_tiles: int, n_chips: int, work: Path | None = None) -> dict[str, Any]:
     """All five measurements; returns the summary (figures, ratios, goals)."""
-    from geossl.data.shards import ChipPlan, cut_chips
+    from geossl.data.shards import ChipPlan, cut_shards
 
     work = Path(work or tempfile.mkdtemp(prefix="geossl-archive-"))
     paths = make_archive(work / "archive", scenes_dir / NAIP, n_scenes)
@@ -113,7 +113,7 @@ def run_many(scenes_dir: Path, n_scenes: int, n_tiles: int, n_chips: int, work: 
     chips = work / "chips"
     shutil.rmtree(chips, ignore_errors=True)
     t = time.perf_counter()
-    cut_chips(ChipPlan(scenes=paths, tile_size=64, mode="random", count=n_chips, stride=None, bands=None,
+    cut_shards(ChipPlan(scenes=paths, tile_size=64, mode="random", count=n_chips, stride=None, bands=None,
                        min_valid_fraction=0.0, seed=0, part_size=n_chips), chips, workers=1, progress=False,
               index=work / "scenes.parquet")
     cut_s = time.perf_counter() - t

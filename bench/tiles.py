@@ -29,7 +29,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from geossl.data.scenes import RandomTileDataset, scene_info  # noqa: E402
+from geossl.data.scene_index import scene_info  # noqa: E402
+from geossl.data.scenes import RandomTileDataset  # noqa: E402
 from geossl.data.uris import expand_inputs  # noqa: E402
 from geossl.settings import data_root  # noqa: E402
 

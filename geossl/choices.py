@@ -33,7 +33,7 @@ CHECKPOINT_WEIGHTS = ("teacher", "student")
 INPUT_MODES = ("auto", "scene", "tiles")
 # classify/change --blend: how overlapping windows' predictions are averaged (geossl.predict.blend)
 BLENDS = ("mean", "hann")
-# classify --rescale (geossl.predict.rescale)
+# classify --rescale (geossl.scene.rescale)
 RESCALES = ("none", "percentile")
 # classify --probs-dtype: the stored class probabilities
 PROBS_DTYPES = ("float32", "uint8")

@@ -27,21 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def positive_int(text: str) -> int:
-    """``type=`` for counts and sizes that must be >= 1 (``--k``, ``--max-iter``, ``--tile-size``, ...).
-
-    Checked while the arguments are parsed, so ``--k 0`` is refused in a second, naming the option, rather
-    than after an hour of feature extraction; and 0 can never slip through a ``value or default`` as "the
-    default" (``--tile-size 0`` used to mean the model's tile size)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geossl",

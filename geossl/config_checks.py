@@ -1,9 +1,10 @@
-"""Value checks of a loaded :class:`geossl.config.Config`: every number finite and in its range.
+"""Value checks of a loaded :class:`geossl.config_schema.Config`: every number finite and in its range.
 
 The types are checked as the YAML is read (``geossl.config.merge_into``); these are the checks the types
 cannot express. They run when the config loads, so ``optim.base_lr=nan`` or a warm-up longer than the
 run fails in a second naming the key, instead of hours later as a NaN loss or a silently wrong schedule.
-Kept apart from ``config.py`` so the dataclasses (what a run is) stay short and readable.
+Kept apart from the dataclasses (:mod:`geossl.config_schema`) so they (what a run is) stay short and
+readable; below :mod:`geossl.config`, which runs these checks whenever a config loads.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from geossl.config import Config
+from geossl.config_schema import Config
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geossl.cli import positive_int
+from geossl.argtypes import positive_int
 from geossl.config import load_config
 from geossl.io import atomic_write_json, read_json
 from geossl.settings import data_root

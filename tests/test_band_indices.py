@@ -11,7 +11,7 @@ from dino_helpers import TINY
 from geossl.config import load_config
 from geossl.dino.train import pretrain
 from geossl.models.encoder import EncoderMeta, read_meta
-from geossl.predict.common import resolve_bands
+from geossl.scene.bands import resolve_bands
 
 
 def meta_with(band_indices: list[int] | None) -> EncoderMeta:

@@ -140,17 +140,17 @@ def test_the_dino_objective_takes_every_centering_and_mask_mode() -> None:
 def test_inference_takes_every_blend_rescale_and_input_mode() -> None:
     from geossl.models.encoder import EncoderMeta
     from geossl.predict.blend import axis_weights
-    from geossl.predict.rescale import check_rescale
-    from geossl.predict.scene import _check_options
+    from geossl.predict.scene import check_blend_and_dtype
     from geossl.predict.tiles import split_inputs
+    from geossl.scene.rescale import check_rescale
 
     cells = np.array([[0, 0, 8], [1, 8, 16]])
     for blend in choices.BLENDS:
         assert axis_weights(blend, cells, 0, 8, 16).shape == (2,)
         for dtype in choices.PROBS_DTYPES:
-            _check_options(blend, dtype)
+            check_blend_and_dtype(blend, dtype)
     with pytest.raises(ValueError, match="--probs-dtype"):
-        _check_options("mean", "float16")
+        check_blend_and_dtype("mean", "float16")
 
     meta = EncoderMeta(timm_name="vit_tiny_patch16_224", timm_kwargs={"in_chans": 1}, bands=["b"], mean=[5.0],
                        std=[2.0], patch_size=8, img_size=16, embed_dim=8, p2=[1.0], p98=[9.0])

@@ -12,7 +12,8 @@ import torch
 
 from geossl.data.raster import raster_env
 from geossl.data.s3 import gdal_s3_options, s3_client, sync_prefix, upload_dir
-from geossl.data.scenes import GridTiles, RandomTileDataset, scene_info
+from geossl.data.scene_index import scene_info
+from geossl.data.scenes import GridTiles, RandomTileDataset
 from geossl.data.uris import expand_inputs
 
 SCENE = "landsat7_300m_RGB.byte.tif"

@@ -12,7 +12,8 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geossl.data.scenes import GridTiles, RandomTileDataset, scene_info
+from geossl.data.scene_index import scene_info
+from geossl.data.scenes import GridTiles, RandomTileDataset
 from geossl.data.uris import expand_inputs
 
 REAL_SCENES = ["naip_5m_north_dakota_2019.tif", "s2_like_10m_netherlands_cog.tif", "landsat7_300m_RGB.byte.tif"]

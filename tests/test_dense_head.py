@@ -83,9 +83,9 @@ def test_token_choice_is_seeded_sorted_and_capped() -> None:
 def test_each_token_takes_its_patch_label_and_subsampling_is_deterministic(tmp_path: Path) -> None:
     table = write_patches(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
     from geossl.data.patches import PatchDataset
-    from geossl.probe.features import _table_csv
+    from geossl.probe.features import table_csv
 
-    ds = PatchDataset(_table_csv(table, tmp_path / "cache", "k"), classes=table.classes)
+    ds = PatchDataset(table_csv(table, tmp_path / "cache", "k"), classes=table.classes)
     enc, rows = pool_encoder(), table.indices("train")
     x, y, owner = sample_tokens(enc, ds, table, rows, per_patch=5, seed=1, batch_size=3)
     assert x.shape == (5 * rows.size, 3)

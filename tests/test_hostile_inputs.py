@@ -1,6 +1,6 @@
 """Hostile and mistaken command-line input (issue #23): refused at once, in one line naming the option.
 
-Counts and sizes are parsed by one helper (``geossl.cli.positive_int``), so ``--k 0`` fails while the
+Counts and sizes are parsed by one helper (``geossl.argtypes.positive_int``), so ``--k 0`` fails while the
 arguments are read (argparse's exit 2) instead of after feature extraction, and ``--tile-size 0`` can no
 longer mean "the default". Device strings are checked before a model is loaded (exit 1). The YAML,
 archive, label-polygon, class-name and S3-prefix cases live beside their subjects (test_config.py,
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from geossl.cli import main, positive_int
+from geossl.argtypes import positive_int
+from geossl.cli import main
 from geossl.devices import pick_device
 
 

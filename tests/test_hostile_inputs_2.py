@@ -12,7 +12,7 @@ import pytest
 
 import geossl.data.shards as shards
 from geossl.cli import main
-from geossl.data.shards import ChipPlan, ShardDataset, cut_chips
+from geossl.data.shards import ChipPlan, ShardDataset, cut_shards
 from geossl.io import RunLock
 
 NAIP = "naip_5m_north_dakota_2019.tif"
@@ -61,7 +61,7 @@ def test_a_resumed_cut_recuts_truncated_and_altered_chunks(scenes_dir: Path, tmp
 
     monkeypatch.setattr(litdata, "optimize", optimize_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        cut_chips(plan, tmp_path / "chips", progress=False)
+        cut_shards(plan, tmp_path / "chips", progress=False)
     monkeypatch.setattr(litdata, "optimize", real)
     parts = tmp_path / "chips" / shards.PARTS_DIR
     truncated = next((parts / "part-00000").glob("*.bin"))
@@ -70,7 +70,7 @@ def test_a_resumed_cut_recuts_truncated_and_altered_chunks(scenes_dir: Path, tmp
     data = bytearray(altered.read_bytes())
     data[-1] ^= 0xFF  # same size, other bytes: only the checksum tells
     altered.write_bytes(bytes(data))
-    meta = cut_chips(plan, tmp_path / "chips", progress=False)
+    meta = cut_shards(plan, tmp_path / "chips", progress=False)
     assert meta["recut_chunks"] == 2 and meta["resumed_parts"] == 0 and meta["count"] == 60
     ds = ShardDataset(str(tmp_path / "chips"))
     assert all(ds[i]["image"].shape == (3, 32, 32) for i in range(len(ds)))  # every chunk reads back

@@ -1,7 +1,9 @@
 """Layering: lower packages never import higher ones (DINOv2's split of concerns, kept by a test).
 
 data/, models/, evaluation/ are below dino/ (training), probe/ and predict/ (using encoders); dino/
-never imports probe/ or predict/. Checked on the source with ast, imports inside functions included.
+never imports probe/ or predict/. scene/ (a scene as the model sees it) sits on data/ and models/,
+below predict/, labels/ and probe/, which never import predict/. No module imports another's private
+names. Checked on the source with ast, imports inside functions included.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ FORBIDDEN = {
     "models": ("geossl.dino", "geossl.probe", "geossl.predict", "geossl.cloud", "geossl.evaluation"),
     "evaluation": ("geossl.dino", "geossl.probe", "geossl.predict", "geossl.cloud"),
     "dino": ("geossl.probe", "geossl.predict"),
+    "scene": ("geossl.predict", "geossl.labels", "geossl.probe", "geossl.dino", "geossl.finetune", "geossl.cloud",
+              "geossl.evaluation", "geossl.cli", "geossl.demo"),
+    "labels": ("geossl.predict", "geossl.probe", "geossl.dino", "geossl.finetune", "geossl.cloud"),
+    "probe": ("geossl.predict",),
 }
 
 
@@ -56,3 +62,108 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from geossl.probe.run import run_probe\n    import geossl.predict.scene\n")
     assert {"geossl.probe.run", "geossl.predict.scene"} <= imported_modules(source)
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A name used across modules is public (documented where it lives); ``_name`` stays in its module."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("geossl"):
+                offenders += [f"{path.relative_to(PACKAGE.parent)}: {node.module}.{alias.name}"
+                              for alias in node.names if alias.name.startswith("_")]
+    assert not offenders, offenders
+
+
+# docs/architecture.md's table: what each package or top-level module may import from geossl (besides itself)
+FOUNDATION = {"settings", "io", "choices", "devices", "argtypes", "plotting"}
+CONFIG = {"config", "config_checks", "config_schema"}
+ALLOWED: dict[str, set[str]] = {
+    **{name: FOUNDATION for name in FOUNDATION},
+    **{name: FOUNDATION | CONFIG for name in CONFIG},
+    "data": FOUNDATION,
+    "models": FOUNDATION | CONFIG | {"data"},
+    "evaluation": FOUNDATION | {"models"},
+    "scene": FOUNDATION | {"data", "models"},
+    "dino": FOUNDATION | CONFIG | {"data", "models", "evaluation"},
+    "labels": FOUNDATION | {"data", "models", "scene"},
+    "probe": FOUNDATION | {"data", "models", "evaluation", "labels"},
+    "predict": FOUNDATION | {"data", "models", "scene"},
+    "finetune": FOUNDATION | CONFIG | {"data", "models", "dino", "labels", "probe"},
+    "cloud": FOUNDATION | CONFIG | {"data", "dino", "finetune"},
+}
+ENTRY = {"cli", "demo", "__init__"}  # may import anything
+
+
+def unit_of(path: Path) -> str:
+    """The package (first folder under geossl/) or top-level module a source file belongs to."""
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+
+
+def geossl_unit_imports() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        unit = unit_of(path)
+        targets = {name.split(".")[1] for name in imported_modules(path) if name.startswith("geossl.")}
+        edges.setdefault(unit, set()).update(targets - {unit})
+    return edges
+
+
+def test_every_import_between_packages_is_one_the_architecture_page_allows():
+    edges = geossl_unit_imports()
+    unknown = sorted(set(edges) - set(ALLOWED) - ENTRY)
+    assert not unknown, f"packages missing from docs/architecture.md and ALLOWED: {unknown}"
+    offenders = [f"{unit} imports geossl.{target}" for unit, targets in sorted(edges.items()) if unit not in ENTRY
+                 for target in sorted(targets) if target not in ALLOWED[unit]]
+    assert not offenders, offenders
+
+
+def test_the_package_graph_has_no_circle():
+    edges = geossl_unit_imports()
+    state: dict[str, int] = {}
+
+    def visit(unit: str, trail: list[str]) -> None:
+        state[unit] = 1
+        for target in sorted(edges.get(unit, ())):
+            if state.get(target) == 1:
+                raise AssertionError(" -> ".join([*trail, unit, target]))
+            if target not in state:
+                visit(target, [*trail, unit])
+        state[unit] = 2
+
+    for unit in sorted(edges):
+        if unit not in state and unit not in ENTRY:
+            visit(unit, [])
+
+
+def test_the_architecture_page_names_every_package():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    for unit in set(ALLOWED) - FOUNDATION - CONFIG:
+        assert f"`{unit}/`" in page, unit
+
+
+def test_no_two_modules_import_each_other_even_inside_functions():
+    """The module graph (geossl.data.s3, ...) has no circle: an import inside a function must not hide one."""
+    def module_name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {name: {m for m in imported_modules(path) if m in modules and m != name and not name.startswith(m + ".")
+                    and not m.startswith(name + ".")}
+             for name, path in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                raise AssertionError(" -> ".join([*trail, name, target]))
+            if target not in state:
+                visit(target, [*trail, name])
+        state[name] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [])

@@ -14,8 +14,8 @@ from bench.synthetic import make_tiny_model, write_synthetic_scene
 from geossl.data.raster import axis_plan
 from geossl.models.landcover import LandCoverModel, load_landcover_model
 from geossl.predict.blend import axis_weights, hann_weight
-from geossl.predict.reader import SceneReader
 from geossl.predict.scene import classify_scene
+from geossl.scene.reader import ModelSceneReader
 
 
 def reference_hann(u: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_hann_cells_are_the_weighted_mean_of_their_windows(tmp_path: Path, rgb_m
             out[blend] = (src.read(), cls.read(1))
     probs, classes = out["hann"]
     assert probs.shape[1:] == (8, 12)
-    with SceneReader(str(scene), rgb_model.meta) as reader:
+    with ModelSceneReader(str(scene), rgb_model.meta) as reader:
         p = {}
         for y in range(0, 64 - 32 + 1, 8):
             for x in range(0, 96 - 32 + 1, 8):

@@ -13,9 +13,9 @@ from bench.synthetic import RGB_MEAN, RGB_STD, make_tiny_model, write_synthetic_
 from geossl.cli import main
 from geossl.models.encoder import EncoderMeta
 from geossl.models.landcover import load_landcover_model
-from geossl.predict.reader import SceneReader
-from geossl.predict.rescale import fit_percentile_rescale
 from geossl.predict.scene import classify_scene
+from geossl.scene.reader import ModelSceneReader
+from geossl.scene.rescale import fit_percentile_rescale
 
 P2, P98 = [20.0, 30.0, 25.0], [200.0, 180.0, 170.0]
 
@@ -63,7 +63,7 @@ def test_reflectance_scene_refused_then_rescaled(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"refl.tif: band \d values .*--rescale percentile"):
         classify_scene(model, str(scene), tmp_path / "o", progress=False)
     res = classify_scene(model, str(scene), tmp_path / "o", rescale="percentile", progress=False, stride=16)
-    with SceneReader(str(scene), model.meta, rescale="percentile") as reader:
+    with ModelSceneReader(str(scene), model.meta, rescale="percentile") as reader:
         sample = reader.sample_pixels()  # valid pixels only, already rescaled: the nodata collar is ignored
     np.testing.assert_allclose(np.percentile(sample, 2, axis=1), P2, rtol=1e-3)
     np.testing.assert_allclose(np.percentile(sample, 98, axis=1), P98, rtol=1e-3)

@@ -18,8 +18,8 @@ from rasterio.transform import Affine
 from bench.synthetic import make_tiny_model, write_synthetic_scene
 from geossl.models.landcover import LandCoverModel, load_landcover_model
 from geossl.predict.maps import NODATA_CLASS
-from geossl.predict.reader import SceneReader
 from geossl.predict.scene import axis_plan, classify_scene
+from geossl.scene.reader import ModelSceneReader
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_overlapping_windows_average_probabilities(tmp_path: Path, rgb_model: La
         classes = src.read(1)
     # Expected, computed independently: every window on the 16 px grid, each cell the mean of the
     # windows that contain its centre.
-    with SceneReader(str(scene), rgb_model.meta) as reader:
+    with ModelSceneReader(str(scene), rgb_model.meta) as reader:
         starts_x, starts_y = range(0, 160 - 32 + 1, 16), range(0, 128 - 32 + 1, 16)
         p = {}
         for y in starts_y:

@@ -200,10 +200,10 @@ def test_extract_tokens_standardises_with_train_statistics(tmp_path: Path) -> No
     from test_dense_head import write_patches
 
     from geossl.data.patches import PatchDataset
-    from geossl.probe.features import _table_csv
+    from geossl.probe.features import table_csv
 
     table = write_patches(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
-    ds = PatchDataset(_table_csv(table, tmp_path / "cache", "k"), classes=table.classes)
+    ds = PatchDataset(table_csv(table, tmp_path / "cache", "k"), classes=table.classes)
     enc = load_encoder(make_tiny_encoder(tmp_path / "enc", img_size=16, patch_size=4, depth=1))
     train = table.indices("train")
     store, mean, std = attentive_mod.extract_tokens(enc, ds, train, batch_size=5)

@@ -25,9 +25,9 @@ from geossl.data.raster import (
     valid_mask,
 )
 from geossl.models.encoder import EncoderMeta
-from geossl.predict import reader as predict_reader
-from geossl.predict.common import fill_invalid
 from geossl.predict.tiles import read_tile
+from geossl.scene import reader as scene_reader
+from geossl.scene.bands import fill_invalid
 
 REPO = Path(__file__).resolve().parent.parent
 LANDSAT = "landsat7_300m_RGB.byte.tif"
@@ -101,7 +101,7 @@ def test_training_inference_and_tile_readers_agree(scenes_dir: Path, name: str, 
         fill = nodata if nodata is not None else 0
         meta = meta_for(count, mean=float(np.median(full)))
         training = scenes.SceneReader(scenes.scene_info(uri))
-        with predict_reader.SceneReader(uri, meta, resample=False) as inference:
+        with scene_reader.ModelSceneReader(uri, meta, resample=False) as inference:
             assert inference.target_res is None
             assert (inference.width, inference.height) == (src.width, src.height)
             for k, (col, row) in enumerate(windows_for(src.width, src.height, full, nodata)):
@@ -120,7 +120,7 @@ def test_training_inference_and_tile_readers_agree(scenes_dir: Path, name: str, 
     ds = scenes.RandomTileDataset(uri, tile_size=32, length=3, min_valid_fraction=0.0, seed=2)
     for i in range(3):  # the training dataset's own path: same pixels and mask as the inference reader
         _, window, data, valid = ds.draw(i)
-        with predict_reader.SceneReader(uri, meta, resample=False) as inference:
+        with scene_reader.ModelSceneReader(uri, meta, resample=False) as inference:
             inf_image, inf_valid = inference.read(int(window.col_off), int(window.row_off), 32, 32)
         image = data.astype(np.float32)
         fill_invalid(image[None], valid[None], meta.mean)
@@ -133,7 +133,7 @@ def test_landsat_pixels_nodata_in_some_bands_are_now_invalid_at_inference(scenes
     uri = str(scenes_dir / LANDSAT)
     with rasterio.open(uri) as src:
         full = src.read()
-    with predict_reader.SceneReader(uri, meta_for(3), resample=False) as inference:
+    with scene_reader.ModelSceneReader(uri, meta_for(3), resample=False) as inference:
         _, valid = inference.read(0, 0, inference.width, inference.height)
     any_band, all_bands = (full == 0).any(axis=0), (full == 0).all(axis=0)
     assert (any_band & ~all_bands).sum() > 100  # the scene has such pixels
@@ -176,7 +176,7 @@ def per_band_nodata_vrt(path: Path, base: str, array: np.ndarray, nodata: list[f
 def all_readers(uri: str, count: int, col: int, row: int, width: int, height: int) -> list[np.ndarray]:
     """The (h, w) masks the training reader, the inference reader and read_tile give one window."""
     _, train = scenes.SceneReader(scenes.scene_info(uri)).read(col, row, width, height)
-    with predict_reader.SceneReader(uri, meta_for(count), resample=False) as inference:
+    with scene_reader.ModelSceneReader(uri, meta_for(count), resample=False) as inference:
         _, infer = inference.read(col, row, width, height)
     masks = [train, infer]
     if (col, row) == (0, 0):
@@ -244,7 +244,7 @@ def test_rule_without_nodata_and_with_explicit_masks(tmp_path: Path) -> None:
     rgba = np.concatenate([np.full((3, 16, 16), 50, np.uint8), explicit[None].astype(np.uint8) * 200])
     alpha = write(tmp_path / "alpha.tif", rgba, photometric="RGB", alpha="YES")
     _, train = scenes.SceneReader(scenes.scene_info(alpha), bands=[1, 2, 3]).read(0, 0, 16, 16)
-    with predict_reader.SceneReader(alpha, meta_for(3), bands=[1, 2, 3], resample=False) as inference:
+    with scene_reader.ModelSceneReader(alpha, meta_for(3), bands=[1, 2, 3], resample=False) as inference:
         _, infer = inference.read(0, 0, 16, 16)
     assert np.array_equal(train, explicit) and np.array_equal(infer, explicit)
 
@@ -255,7 +255,7 @@ def test_resampled_reads_keep_the_explicit_mask(tmp_path: Path) -> None:
     explicit = np.ones((40, 40), bool)
     explicit[:20, :10] = False
     uri = write(tmp_path / "five.tif", array, mask=explicit, res=5.0)
-    with predict_reader.SceneReader(uri, meta_for(3, gsd=10.0)) as inference:
+    with scene_reader.ModelSceneReader(uri, meta_for(3, gsd=10.0)) as inference:
         assert inference.target_res == 10.0 and (inference.width, inference.height) == (20, 20)
         _, valid = inference.read(-2, 0, 20, 20)
     expected = np.zeros((20, 20), bool)

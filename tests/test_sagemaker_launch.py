@@ -275,7 +275,7 @@ def test_bad_job_settings_are_named(override, message):
 
 
 def test_s3_uris_split_as_the_data_layer_splits_them():
-    from geossl.data.uris import split_s3_uri
+    from geossl.data.s3 import split_s3_uri
 
     for uri in ("s3://my-bucket", "s3://my-bucket/", "s3://my-bucket/a/b/", "s3://my-bucket//a"):
         assert parse_s3_uri(uri, "input.s3_uri") == split_s3_uri(uri)

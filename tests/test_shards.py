@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 import geossl.data.shards as shards
 from geossl.cli import main
-from geossl.data.shards import ChipPlan, ShardDataset, chunk_local_order, cut_chips
+from geossl.data.shards import ChipPlan, ShardDataset, chunk_local_order, cut_shards
 from geossl.dino.checkpoint import load_checkpoint_file
 from geossl.dino.data import ResumableSampler
 from geossl.dino.train import pretrain
@@ -37,7 +37,7 @@ def raw_items(folder: Path) -> list[dict]:
 
 def test_chips_equal_rasterio_reads_of_their_windows(scenes_dir: Path, tmp_path: Path) -> None:
     scenes = [str(scenes_dir / NAIP), str(scenes_dir / LANDSAT)]
-    meta = cut_chips(plan(scenes), tmp_path / "random", workers=2, chunk_bytes="40KB", progress=False)
+    meta = cut_shards(plan(scenes), tmp_path / "random", workers=2, chunk_bytes="40KB", progress=False)
     assert meta["count"] == 60 and meta["parts"] == 3 and len(meta["chunk_sizes"]) > 3
     items = raw_items(tmp_path / "random")
     for item in items:
@@ -49,7 +49,7 @@ def test_chips_equal_rasterio_reads_of_their_windows(scenes_dir: Path, tmp_path:
             valid = (expected != 0).all(axis=0) if src.nodata == 0 else np.ones((h, w), bool)
         assert np.array_equal(item["mask"], valid) and item["mask"].mean() >= 0.5
     # grid: every whole 32 px window of Landsat at stride 32 with >= 90 % valid pixels, no other
-    grid = cut_chips(plan([str(scenes_dir / LANDSAT)], mode="grid", count=None, min_valid_fraction=0.9),
+    grid = cut_shards(plan([str(scenes_dir / LANDSAT)], mode="grid", count=None, min_valid_fraction=0.9),
                      tmp_path / "grid", workers=1, progress=False)
     with rasterio.open(scenes_dir / LANDSAT) as src:
         valid = (src.read() != 0).all(axis=0)
@@ -76,19 +76,19 @@ def test_an_interrupted_cut_resumes_from_its_finished_parts(scenes_dir: Path, tm
 
     monkeypatch.setattr(litdata, "optimize", optimize_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        cut_chips(plan(scenes), tmp_path / "chips", progress=False)
+        cut_shards(plan(scenes), tmp_path / "chips", progress=False)
     assert not (tmp_path / "chips" / shards.META_FILE).exists()  # nothing looks finished
     monkeypatch.setattr(litdata, "optimize", real)
     with pytest.raises(ValueError, match="other settings"):
-        cut_chips(plan(scenes, seed=1), tmp_path / "chips", progress=False)
-    meta = cut_chips(plan(scenes), tmp_path / "chips", progress=False)
+        cut_shards(plan(scenes, seed=1), tmp_path / "chips", progress=False)
+    meta = cut_shards(plan(scenes), tmp_path / "chips", progress=False)
     assert meta["resumed_parts"] == 1 and meta["count"] == 60
-    straight = cut_chips(plan(scenes), tmp_path / "straight", progress=False)
+    straight = cut_shards(plan(scenes), tmp_path / "straight", progress=False)
     key = lambda items: sorted(tuple(int(v) for v in i["window"]) for i in items)  # noqa: E731
     assert key(raw_items(tmp_path / "chips")) == key(raw_items(tmp_path / "straight"))
     assert straight["resumed_parts"] == 0
     with pytest.raises(ValueError, match="already holds chips"):
-        cut_chips(plan(scenes), tmp_path / "chips", progress=False)
+        cut_shards(plan(scenes), tmp_path / "chips", progress=False)
 
 
 def test_chunk_local_order_ranks_and_resume() -> None:
@@ -117,7 +117,7 @@ def test_chunk_local_order_ranks_and_resume() -> None:
 
 @pytest.mark.slow
 def test_pretraining_on_shards_resumes_bitwise(scenes_dir: Path, tmp_path: Path) -> None:
-    cut_chips(plan([str(scenes_dir / NAIP)], count=32, part_size=32), tmp_path / "chips", chunk_bytes="20KB",
+    cut_shards(plan([str(scenes_dir / NAIP)], count=32, part_size=32), tmp_path / "chips", chunk_bytes="20KB",
               progress=False)
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"bands": ["r", "g", "b"], "mean": [110.0] * 3, "std": [50.0] * 3,
@@ -151,7 +151,7 @@ def test_sagemaker_launch_accepts_a_shard_prefix(moto_server: str, scenes_dir: P
     from geossl.cloud.launcher import check_input_prefix
     from geossl.data.s3 import s3_client, upload_dir
 
-    cut_chips(plan([str(scenes_dir / NAIP)], count=10, part_size=10), tmp_path / "chips", progress=False)
+    cut_shards(plan([str(scenes_dir / NAIP)], count=10, part_size=10), tmp_path / "chips", progress=False)
     s3_client().create_bucket(Bucket="jobs")
     upload_dir(tmp_path / "chips", "s3://jobs/chips/")
     assert check_input_prefix(s3_client(), "s3://jobs/chips/") >= 1  # no image files, but chips

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geossl.config import Config, ConfigError, apply_override, merge_into, parse_override, read_yaml_mapping
-from geossl.data.uris import split_s3_uri
+from geossl.data.s3 import split_s3_uri
 
 # SageMaker: TrainingJobName ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$. The SDK appends "-YYYYmmddHHMMSS".
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -274,7 +274,7 @@ def validate_channel(name: str, source: str = "config") -> None:
 
 
 def parse_s3_uri(uri: str, setting: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix), split by :func:`geossl.data.uris.split_s3_uri`; a URI
+    """``s3://bucket/prefix`` -> (bucket, prefix), split by :func:`geossl.data.s3.split_s3_uri`; a URI
     that is not one, or whose bucket S3 would refuse (or holds a line break), is a ConfigError naming ``setting``."""
     try:
         bucket, prefix = split_s3_uri(uri or "")

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-valid must lie in [0, 1], got {args.min_valid}")
     if args.upload and not args.upload.startswith("s3://"):
         raise ValueError(f"--upload: expected an s3:// prefix, got {args.upload!r}")
-    from geossl.data.shards import ChipPlan, cut_chips
+    from geossl.data.shards import ChipPlan, cut_shards
     from geossl.data.uris import expand_inputs
     from geossl.io import RunLock
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with RunLock(Path(args.out), what="geossl chips", option="--out"):
         meta = _already_cut(Path(args.out), plan) if args.upload and not args.overwrite else None
         if meta is None:
-            meta = cut_chips(plan, args.out, workers=args.workers, chunk_bytes=f"{args.chunk_mb}MB",
+            meta = cut_shards(plan, args.out, workers=args.workers, chunk_bytes=f"{args.chunk_mb}MB",
                              max_open=args.max_open, index=args.index, overwrite=args.overwrite,
                              progress=sys.stderr.isatty())
         seconds = time.perf_counter() - start
@@ -93,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _already_cut(out: Path, plan: Any) -> dict[str, Any] | None:
     """The description of chips this plan already cut into ``out`` (a rerun after a failed upload then
-    only uploads), or None: nothing finished there, or chips of another plan (cut_chips refuses those)."""
+    only uploads), or None: nothing finished there, or chips of another plan (cut_shards refuses those)."""
     from dataclasses import asdict
 
-    from geossl.data.shards import META_FILE, read_meta
+    from geossl.data.shards import META_FILE, read_shard_meta
 
     if not (out / META_FILE).is_file():
         return None
-    meta = read_meta(str(out))
+    meta = read_shard_meta(str(out))
     return {**meta, "already_cut": True} if meta.get("plan") == asdict(plan) else None
 
 

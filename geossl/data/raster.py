@@ -2,7 +2,7 @@
 open, read windows (boundless), decide which pixels are valid, plan windows.
 
 Every reader that feeds scene or tile pixels to a model goes through this module: training tiles
-(:mod:`geossl.data.scenes`), inference windows (:mod:`geossl.predict.reader`, also through its
+(:mod:`geossl.data.scenes`), inference windows (:mod:`geossl.scene.reader`, also through its
 resampling ``WarpedVRT``) and tile files (:mod:`geossl.predict.tiles`). Before it existed, training called a pixel invalid when *any*
 band held nodata and inference only when *all* bands did, so a model was trained on one set of
 pixels and applied to another. Now there is one rule, :func:`valid_mask`, and one reader,

@@ -4,6 +4,9 @@ boto3 honours ``AWS_ENDPOINT_URL`` (MinIO, moto, LocalStack) but GDAL ignores it
 ``AWS_S3_ENDPOINT=host:port`` plus ``AWS_HTTPS``/``AWS_VIRTUAL_HOSTING``: :func:`gdal_s3_options`
 derives them, so one environment variable configures both (:func:`geossl.data.raster.raster_env` applies
 them with :func:`aws_session`'s credentials around every ``/vsis3/`` read).
+
+``s3://`` URIs are split here too (:func:`split_s3_uri`, the one split): this module sits below
+:mod:`geossl.data.uris`, which lists S3 prefixes through it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,24 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from geossl.data.uris import split_s3_uri
 from geossl.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` is an ``s3://bucket/key`` URI (GDAL reads it as ``/vsis3/bucket/key``)."""
+    return str(uri).startswith("s3://")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty."""
+    if not is_s3(uri):
+        raise ValueError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket in S3 URI")
+    return bucket, key
 
 
 def s3_client() -> Any:

@@ -7,6 +7,9 @@ area), and, for local files, size and modification time. An index is *current* w
 the scenes asked for and no local file changed size or mtime; then nothing is opened at start-up.
 S3 objects are trusted by key (listing them already cost one request per 1,000 keys; ``refresh=True``
 re-reads them). Headers are read in threads: GDAL releases the GIL while it waits on disk or network.
+
+A scene's header itself (:class:`SceneInfo`, read by :func:`scene_info`) lives here, below
+:mod:`geossl.data.scenes`, whose datasets plan their tiles from the headers this module returns.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,42 @@ import affine
 from rasterio.crs import CRS
 from tqdm import tqdm
 
-from geossl.data.scenes import SceneInfo, scene_info
+from geossl.data.raster import open_raster
+from geossl.data.uris import to_gdal_uri
+from geossl.settings import resolve_data_path
 
 INDEX_COLUMNS = ("uri", "width", "height", "count", "dtype", "crs", "a", "b", "c", "d", "e", "f", "nodata",
                  "resx", "resy", "file_size", "mtime_ns")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What a scene is, from its header: enough to plan tiles without reading pixels."""
+
+    uri: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: affine.Affine
+    nodata: float | None
+    res: tuple[float, float]
+
+    @property
+    def crs_string(self) -> str:
+        """``"EPSG:xxxx"`` when the CRS has an authority code, else WKT ("" when the scene has no CRS)."""
+        return self.crs.to_string() if self.crs else ""
+
+
+def scene_info(uri: str) -> SceneInfo:
+    """Header of a scene: a local path, ``/vsis3/...`` or ``s3://bucket/key`` (converted for GDAL)."""
+    uri = to_gdal_uri(resolve_data_path(uri))
+    with open_raster(uri) as src:
+        return SceneInfo(
+            uri=uri, width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
+            crs=src.crs, transform=src.transform, nodata=src.nodata, res=(float(src.res[0]), float(src.res[1])),
+        )  # fmt: skip
 
 
 def _stat(uri: str) -> tuple[int, int]:

@@ -16,53 +16,21 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import affine
 import numpy as np
 import rasterio
 import torch
-from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geossl.data.handles import DEFAULT_MAX_OPEN, HandlePool
 from geossl.data.patches import compact_torch_dtype, to_compact_tensor
 from geossl.data.raster import WindowReader, fill_value, open_raster, plan_axis
-from geossl.data.uris import expand_inputs, to_gdal_uri
-from geossl.settings import resolve_data_path
+from geossl.data.scene_index import SceneInfo, scene_info, scene_infos
+from geossl.data.uris import expand_inputs
 
 MAX_DRAWS = 100  # random tiles: redraws before giving up on reaching min_valid_fraction
-
-
-@dataclass(frozen=True)
-class SceneInfo:
-    """What a scene is, from its header: enough to plan tiles without reading pixels."""
-
-    uri: str
-    width: int
-    height: int
-    count: int
-    dtype: str
-    crs: CRS | None
-    transform: affine.Affine
-    nodata: float | None
-    res: tuple[float, float]
-
-    @property
-    def crs_string(self) -> str:
-        """``"EPSG:xxxx"`` when the CRS has an authority code, else WKT ("" when the scene has no CRS)."""
-        return self.crs.to_string() if self.crs else ""
-
-
-def scene_info(uri: str) -> SceneInfo:
-    """Header of a scene: a local path, ``/vsis3/...`` or ``s3://bucket/key`` (converted for GDAL)."""
-    uri = to_gdal_uri(resolve_data_path(uri))
-    with open_raster(uri) as src:
-        return SceneInfo(
-            uri=uri, width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
-            crs=src.crs, transform=src.transform, nodata=src.nodata, res=(float(src.res[0]), float(src.res[1])),
-        )  # fmt: skip
 
 
 class SceneReader:
@@ -100,11 +68,12 @@ class SceneReader:
         return self._reader().read(col, row, width, height)
 
 
-def _georef(
+def georef(
     col: int, row: int, width: int, height: int, transform: affine.Affine
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(bounds (left, bottom, right, top), the tile's 6 affine coefficients), float64, from the scene transform.
 
+    The georeferencing of every tile served here and of every chip cut from it (:mod:`geossl.data.shards`).
     Plain float arithmetic, identical to ``rasterio.windows.bounds``/``transform`` but ~10x cheaper
     (this runs once per tile). Bounds of a rotated transform are the envelope of the 4 corners.
     """
@@ -155,8 +124,6 @@ class RandomTileDataset(torch.utils.data.Dataset):
             raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        from geossl.data.scene_index import scene_infos
-
         # headers from a current scene index (nothing opened), else read in parallel (and indexed)
         self.scenes, self.index_status = scene_infos(expand_inputs(scenes), index)
         self.bands = _check_bands(bands, self.scenes[0])
@@ -169,12 +136,14 @@ class RandomTileDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{info.uri}: scene is {info.width}x{info.height} px, smaller than tile_size {tile_size}")
         self.tile_size, self.length = tile_size, length
         self.min_valid_fraction, self.seed = min_valid_fraction, seed
-        self._np_dtype = np.result_type(*[np.dtype(s.dtype) for s in self.scenes])
+        # The scenes' pixel dtype (promoted when they differ): every tile is served in it (chips are cut in it).
+        self.np_dtype = np.result_type(*[np.dtype(s.dtype) for s in self.scenes])
         self.pool = HandlePool(max_open)  # all scenes share it: open files stay bounded whatever their count
         self._readers = [SceneReader(info, self.bands, self.pool) for info in self.scenes]
         positions = np.array([(s.width - tile_size + 1) * (s.height - tile_size + 1) for s in self.scenes], float)
         self._cumulative = (np.cumsum(positions) / positions.sum()).tolist()
-        self._crs_strings = [info.crs_string for info in self.scenes]  # to_string() costs ~40 us
+        # Each scene's CRS as items carry it (``SceneInfo.crs_string``), computed once: to_string() costs ~40 us.
+        self.crs_strings = [info.crs_string for info in self.scenes]
         # Shared memory: set_epoch in the main process reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -185,11 +154,11 @@ class RandomTileDataset(torch.utils.data.Dataset):
     @property
     def dtype(self) -> str:
         """Numpy name of the pixel dtype of the scenes (promoted when they differ)."""
-        return self._np_dtype.name
+        return self.np_dtype.name
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return compact_torch_dtype(self._np_dtype)
+        return compact_torch_dtype(self.np_dtype)
 
     @property
     def epoch(self) -> int:
@@ -230,14 +199,14 @@ class RandomTileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s, window, data, valid = self.draw(int(i))
         size = self.tile_size
-        bounds, _ = _georef(int(window.col_off), int(window.row_off), size, size, self.scenes[s].transform)
-        if data.dtype != self._np_dtype:
-            data = data.astype(self._np_dtype)
+        bounds, _ = georef(int(window.col_off), int(window.row_off), size, size, self.scenes[s].transform)
+        if data.dtype != self.np_dtype:
+            data = data.astype(self.np_dtype)
         return {
             "image": to_compact_tensor(data),
             "mask": torch.from_numpy(valid),
             "bounds": bounds,
-            "crs": self._crs_strings[s],
+            "crs": self.crs_strings[s],
             "scene": s,
         }
 
@@ -294,7 +263,7 @@ class GridTiles(torch.utils.data.Dataset):
         window = self.windows[i]
         col, row, width, height = (int(v) for v in (window.col_off, window.row_off, window.width, window.height))
         data, valid = self._reader.read(col, row, width, height)
-        bounds, transform = _georef(col, row, width, height, self.info.transform)
+        bounds, transform = georef(col, row, width, height, self.info.transform)
         return {
             "image": to_compact_tensor(data),
             "mask": torch.from_numpy(valid),

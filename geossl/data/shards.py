@@ -41,7 +41,8 @@ import torch
 from geossl.data.handles import DEFAULT_MAX_OPEN
 from geossl.data.patches import compact_torch_dtype, to_compact_tensor
 from geossl.data.raster import plan_axis
-from geossl.data.scenes import RandomTileDataset, SceneInfo, SceneReader, _georef
+from geossl.data.scene_index import SceneInfo
+from geossl.data.scenes import RandomTileDataset, SceneReader, georef
 from geossl.io import atomic_write_json
 
 META_FILE = "geossl_chips.json"
@@ -84,10 +85,10 @@ class ChipCutter:
             data, valid = self.readers[s].read(col, row, size, size)
             if np.count_nonzero(valid) < ds.min_valid_fraction * valid.size:
                 return None  # LitData writes nothing for None: grid chips below min_valid are dropped
-        bounds, _ = _georef(col, row, size, size, ds.scenes[s].transform)
-        return {"image": np.ascontiguousarray(data.astype(ds._np_dtype, copy=False)), "mask": valid,
+        bounds, _ = georef(col, row, size, size, ds.scenes[s].transform)
+        return {"image": np.ascontiguousarray(data.astype(ds.np_dtype, copy=False)), "mask": valid,
                 "bounds": bounds.numpy(), "window": np.array([col, row, size, size], dtype=np.int64),
-                "crs": ds._crs_strings[s], "scene": int(s)}
+                "crs": ds.crs_strings[s], "scene": int(s)}
 
 
 def chip_specs(plan: ChipPlan, scenes: list[SceneInfo]) -> list[Any]:
@@ -166,9 +167,9 @@ def _start_or_resume(out: Path, plan: ChipPlan, overwrite: bool) -> Path:
     return parts
 
 
-def cut_chips(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1, chunk_bytes: str = "64MB",
-              max_open: int = DEFAULT_MAX_OPEN, index: str | os.PathLike[str] | None = None,
-              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def cut_shards(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1, chunk_bytes: str = "64MB",
+               max_open: int = DEFAULT_MAX_OPEN, index: str | os.PathLike[str] | None = None,
+               overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Cut the plan's chips into LitData shards in ``out``; returns (and writes) ``geossl_chips.json``."""
     import litdata
 
@@ -225,15 +226,14 @@ def _describe(out: Path, plan: ChipPlan, dataset: RandomTileDataset, resumed_par
     return {"format": FORMAT, "version": 1, "count": int(sum(chunk_sizes)), "chunk_sizes": chunk_sizes,
             "tile_size": plan.tile_size, "band_count": dataset.band_count, "dtype": dataset.dtype,
             "bands": plan.bands, "scenes": [s.uri for s in dataset.scenes],
-            "crs": sorted(set(dataset._crs_strings)), "plan": asdict(plan), "parts": parts,
+            "crs": sorted(set(dataset.crs_strings)), "plan": asdict(plan), "parts": parts,
             "resumed_parts": resumed_parts}
 
 
-def read_meta(input_dir: str) -> dict[str, Any]:
+def read_shard_meta(input_dir: str) -> dict[str, Any]:
     """``geossl_chips.json`` of a local folder or an ``s3://`` prefix; errors name the place."""
     if input_dir.startswith("s3://"):
-        from geossl.data.s3 import s3_client
-        from geossl.data.uris import split_s3_uri
+        from geossl.data.s3 import s3_client, split_s3_uri
 
         bucket, key = split_s3_uri(input_dir.rstrip("/") + "/" + META_FILE)
         try:
@@ -285,7 +285,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, input_dir: str, cache_dir: str | None = None) -> None:
         self.input_dir = str(input_dir)
-        self.meta = read_meta(self.input_dir)
+        self.meta = read_shard_meta(self.input_dir)
         self.cache_dir = cache_dir  # s3:// shards: where they are mirrored (default ~/.cache/geossl/shards)
         self.chunk_sizes = [int(n) for n in self.meta["chunk_sizes"]]
         self._pid, self._ds = -1, None

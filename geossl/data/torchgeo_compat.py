@@ -15,7 +15,7 @@ from typing import Any
 
 from torchgeo.datasets import RasterDataset
 
-from geossl.data.scenes import scene_info
+from geossl.data.scene_index import scene_info
 from geossl.data.uris import expand_inputs
 
 

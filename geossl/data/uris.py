@@ -11,24 +11,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from geossl.data.s3 import is_s3, list_objects, split_s3_uri
 from geossl.settings import resolve_data_path
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 _GLOB_CHARS = ("*", "?", "[")
-
-
-def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty."""
-    if not is_s3(uri):
-        raise ValueError(f"{uri}: not an s3:// URI")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"{uri}: no bucket in S3 URI")
-    return bucket, key
 
 
 def to_gdal_uri(uri: str | os.PathLike[str]) -> str:
@@ -65,8 +52,6 @@ def _walk(folder: Path, exts: tuple[str, ...]) -> list[str]:
 
 
 def _list_s3(uri: str, exts: tuple[str, ...]) -> list[str]:
-    from geossl.data.s3 import list_objects
-
     bucket, key = split_s3_uri(uri)
     if _has_ext(key, exts):
         return [f"/vsis3/{bucket}/{key}"]

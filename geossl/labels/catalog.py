@@ -1,6 +1,6 @@
 """The scenes labels are cut from, as the encoder will see them: band selection and GSD applied.
 
-Each scene is opened once through the inference :class:`~geossl.predict.reader.SceneReader`, so the
+Each scene is opened once through the inference :class:`~geossl.scene.reader.ModelSceneReader`, so the
 grid recorded here (CRS, geotransform, size) is the grid chips are later read from, resampled to the
 encoder's GSD when the scene's differs (the same automatic rule as ``geossl classify``). A scene that
 cannot be opened, or does not fit the encoder (band count, no CRS), is skipped and counted: one bad
@@ -60,14 +60,14 @@ def build_catalog(
 ) -> SceneCatalog:
     """Open every scene once and record its read grid; unusable scenes are skipped with a reason."""
     from geossl.data.raster import raster_env
-    from geossl.predict.reader import SceneReader
+    from geossl.scene.reader import ModelSceneReader
 
     uris = expand_inputs(list(inputs))
     catalog = SceneCatalog(scenes=[])
     with raster_env(uris):
         for uri in tqdm(uris, desc="scenes", unit="scene", disable=len(uris) < 50, file=sys.stderr):
             try:
-                with SceneReader(uri, meta, bands, resample) as reader:
+                with ModelSceneReader(uri, meta, bands, resample) as reader:
                     catalog.scenes.append(SceneGrid(uri, reader.crs, reader.transform, reader.width,
                                                     reader.height, reader.resample_note))
             except (ValueError, OSError) as exc:

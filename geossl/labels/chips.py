@@ -118,8 +118,8 @@ def cut_chips(placement: Placement, catalog: SceneCatalog, meta: EncoderMeta, op
     """Read each target's candidates (best first) until it has its chips; windows failing ``min_valid``
     (or, for points, with an invalid pixel at the centre) fall back to the next candidate."""
     from geossl.data.raster import raster_env
-    from geossl.predict.common import check_statistics
-    from geossl.predict.reader import SceneReader
+    from geossl.scene.bands import check_statistics
+    from geossl.scene.reader import ModelSceneReader
 
     tile = meta.img_size
     samples: list[np.ndarray] = []  # valid pixels of the first chips: the scenes' units against the encoder's
@@ -132,7 +132,7 @@ def cut_chips(placement: Placement, catalog: SceneCatalog, meta: EncoderMeta, op
         while requests := _round_requests(placement, taken, accepted):
             for si in sorted(requests):
                 scene = catalog.scenes[si]
-                with SceneReader(scene.uri, meta, opts.bands, opts.resample) as reader:
+                with ModelSceneReader(scene.uri, meta, opts.bands, opts.resample) as reader:
                     for ti, col, row in requests[si]:
                         data, valid = reader.windows.read(col, row, tile, tile)
                         bar.update(1)
@@ -244,7 +244,7 @@ def build_label_chips(opts: LabelOptions, meta: EncoderMeta, out_dir: str | Path
                          "problems": catalog.problems[:5],
                          "reading": sorted(Counter(s.note for s in catalog.scenes).items())},
               "tile_size": tile, "gsd": meta.gsd, "split": result.report, "table": str(table)}
-    print(summary_text(report), file=sys.stderr)
+    print(chips_summary_text(report), file=sys.stderr)
     return ChipSet(table, report)
 
 
@@ -253,7 +253,7 @@ def _skipped_text(skipped: Counter[str] | dict[str, int]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-def summary_text(report: dict[str, Any]) -> str:
+def chips_summary_text(report: dict[str, Any]) -> str:
     """``labels: 820 points -> 820 chips from 820 scenes; skipped none; split spatial (...)``."""
     split = report["split"]
     detail = (f" (blocks of {split['block_size_m']:g} m in {split['crs']})" if split["mode"] == "spatial" else "")

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geossl.argtypes import positive_int
 from geossl.choices import CHECKPOINT_WEIGHTS, FEATURE_RECIPES, NEW_BAND_POLICIES
-from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.models.bands import parse_band_list
 from geossl.models.encoder import META_FILE, Encoder, export_encoder, load_encoder

@@ -8,7 +8,7 @@ pixel of misregistration); nothing is trained for it, and how well it works depe
 
 Geometry: the *before* scene is read exactly as ``geossl classify --dense`` reads a scene (its grid,
 or the encoder's GSD when resampling) and the *after* scene is read onto that grid through a
-``WarpedVRT`` (:class:`geossl.predict.reader.SceneReader` with ``onto``), whatever its own CRS, origin or
+``WarpedVRT`` (:class:`geossl.scene.reader.ModelSceneReader` with ``onto``), whatever its own CRS, origin or
 size; dates of one NAIP quad differ by a pixel or so. Windows are planned, streamed and blended by the
 dense-map machinery (:mod:`geossl.predict.dense`): the score map is one pixel per patch on the before
 scene's grid scaled by the patch size, rows written as soon as no later window reaches them, so memory
@@ -43,12 +43,13 @@ from geossl.models.encoder import Encoder
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.blend import RowAccumulator
 from geossl.predict.change_outputs import cell_area_ha, date_in_name, write_change_preview, write_transitions
-from geossl.predict.common import ensure_out_dir, fill_invalid, output_stem
+from geossl.predict.common import ensure_out_dir, output_stem
 from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries
-from geossl.predict.reader import SceneReader
 from geossl.predict.scene import GDAL_CACHE_BYTES, WindowGrid, rgb_choice
 from geossl.predict.stac import scene_datetime, write_change_item
+from geossl.scene.bands import fill_invalid
+from geossl.scene.reader import ModelSceneReader
 
 SCORE = "1 - cosine similarity of the last block's patch tokens (after the final norm), before vs after"
 
@@ -108,10 +109,10 @@ def window_sizes(patch: int, img_size: int, tile_size: int | None, stride: int |
 
 
 class PairReader:
-    """Both dates' windows at the same pixels, for :func:`geossl.predict.reader.window_batches`: images
+    """Both dates' windows at the same pixels, for :func:`geossl.scene.reader.window_batches`: images
     (B, 2C, T, T), before's bands then after's, and the pixels valid on both dates."""
 
-    def __init__(self, before: SceneReader, after: SceneReader) -> None:
+    def __init__(self, before: ModelSceneReader, after: ModelSceneReader) -> None:
         self.before, self.after = before, after
         self.fill = list(before.meta.mean) * 2
 
@@ -259,8 +260,8 @@ def change_scene(
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start = time.perf_counter()
     with (raster_env([before, after], GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-          SceneReader(before, meta, bands, resample) as reader_a,
-          SceneReader(after, meta, bands, onto=reader_a.grid(before)) as reader_b):
+          ModelSceneReader(before, meta, bands, resample) as reader_a,
+          ModelSceneReader(after, meta, bands, onto=reader_a.grid(before)) as reader_b):
         if reader_a.width < tile or reader_a.height < tile:
             raise ValueError(f"{before}: {reader_a.width}x{reader_a.height} px is smaller than one {tile} px "
                              "window (use a smaller --tile-size)")

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geossl.argtypes import positive_int
 from geossl.choices import BLENDS
-from geossl.cli import positive_int
 from geossl.data.raster import parse_band_indices
 from geossl.devices import pick_device
 from geossl.io import RunLock, atomic_path, check_outputs

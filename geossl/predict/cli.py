@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geossl.argtypes import positive_int
 from geossl.choices import BLENDS, INPUT_MODES, PROBS_DTYPES, RESCALES
-from geossl.cli import positive_int
 from geossl.data.raster import parse_band_indices
 from geossl.devices import pick_device
 from geossl.io import RunLock, check_outputs
@@ -98,7 +98,7 @@ def check_mosaic_crs(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geossl.models.landcover import load_landcover_model
-    from geossl.predict.rescale import check_rescale
+    from geossl.scene.rescale import check_rescale
 
     start = time.perf_counter()
     device = pick_device(args.device)

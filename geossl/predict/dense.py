@@ -30,7 +30,7 @@ import torch
 from geossl.data.raster import AxisPlan
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import model_device, run_batches
-from geossl.predict.reader import window_batches
+from geossl.scene.reader import window_batches
 
 
 def check_dense(model: LandCoverModel, tile: int, stride: int, model_path: str | Path | None = None) -> None:

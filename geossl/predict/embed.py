@@ -1,7 +1,7 @@
 """One embedding per tile -> (Geo)Parquet, for similarity search, clustering or custom heads.
 
 Inputs are tile files (one row each) and scenes (one row per grid window, at the model's GSD when the
-scene is resampled, see :mod:`geossl.predict.reader`). Rows carry the source, the window in source
+scene is resampled, see :mod:`geossl.scene.reader`). Rows carry the source, the window in source
 pixels, the source CRS, the fraction of valid pixels and the footprint in WGS84 as WKB.
 
 The file is GeoParquet 1.1 (``geo`` metadata, WKB, OGC:CRS84 lon/lat), written in row groups as
@@ -31,15 +31,15 @@ from geossl.data.raster import axis_plan, raster_env
 from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import Encoder, EncoderMeta
 from geossl.predict.common import (
-    check_statistics,
     ensure_out_dir,
     model_device,
     run_batches,
 )
 from geossl.predict.geojson import footprint_lonlat
-from geossl.predict.reader import SceneReader
 from geossl.predict.scene import GDAL_CACHE_BYTES
 from geossl.predict.tiles import iter_tiles, skipped_note, split_inputs
+from geossl.scene.bands import check_statistics
+from geossl.scene.reader import ModelSceneReader
 
 ROW_GROUP = 4096
 
@@ -57,7 +57,7 @@ class Item:
 def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: int, stride: int,
                 resample: bool | None, min_valid: float, check_stats: bool) -> Iterator[Item]:
     """Grid windows of one scene (regular grid plus an edge-flush window), skipping mostly-nodata ones."""
-    with raster_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(uri, meta, bands, resample) as reader:
+    with raster_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), ModelSceneReader(uri, meta, bands, resample) as reader:
         if reader.width < tile or reader.height < tile:
             raise ValueError(f"{uri}: {reader.width}x{reader.height} px is smaller than one {tile} px tile")
         if check_stats:

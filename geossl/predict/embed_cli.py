@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.argtypes import positive_int
 from geossl.choices import FEATURE_RECIPES, INPUT_MODES
-from geossl.cli import positive_int
 from geossl.data.raster import parse_band_indices
 from geossl.devices import pick_device
 

@@ -7,7 +7,7 @@ with ``blend="hann"``, by a raised cosine of the cell's position in the window: 
 to the cells whose centres it covers; a cell's class is the argmax of the weighted mean. A cell
 is nodata (255) when less than ``min_valid`` of its own pixels are valid (nodata, NaN, masked).
 Options: ``tta`` averages the 8 flips/rotations of each window (:mod:`geossl.predict.tta`), ``rescale``
-maps a scene in other units onto the model's (:mod:`geossl.predict.rescale`), and a STAC Item describes
+maps a scene in other units onto the model's (:mod:`geossl.scene.rescale`), and a STAC Item describes
 the outputs (:mod:`geossl.predict.stac`).
 
 Windows are processed in row-major batches; a map row is written (and forgotten) as soon as no later
@@ -42,10 +42,10 @@ from geossl.predict.common import (
 from geossl.predict.dense import check_dense, classify_windows_dense, dense_axis_plan
 from geossl.predict.geojson import footprint_lonlat, geojson_writer
 from geossl.predict.maps import NODATA_CLASS, COGStripWriter, class_tags, colormap_entries, write_preview
-from geossl.predict.reader import SceneReader, window_batches
-from geossl.predict.rescale import scene_low_high
 from geossl.predict.stac import write_scene_item
 from geossl.predict.tta import tta_predict, tta_predict_dense
+from geossl.scene.reader import ModelSceneReader, window_batches
+from geossl.scene.rescale import scene_low_high
 
 # GDAL's block cache defaults to 5 % of RAM, enough to hold a whole scene and dominate "bounded memory".
 # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in BYTES: "128" would mean 128 bytes (no cache at all).
@@ -94,7 +94,6 @@ def scene_outputs(out_dir: Path, scene: str, probs: bool, geojson: bool, preview
     }
 
 
-_RowAccumulator = RowAccumulator  # the accumulator lives in geossl.predict.blend
 
 
 def classify_scene(
@@ -141,7 +140,7 @@ def classify_scene(
     check_outputs([p for p in outputs.values() if p is not None], overwrite)
     start_time = time.perf_counter()
     with (raster_env(scene, GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-          SceneReader(scene, meta, bands, resample, rescale=rescale) as reader):
+          ModelSceneReader(scene, meta, bands, resample, rescale=rescale) as reader):
         _check_scene_size(reader, scene, tile, stride)
         if check_stats:
             reader.check_statistics()
@@ -187,13 +186,13 @@ def check_scene_options(model: LandCoverModel, tile_size: int | None, stride: in
     """(tile, stride) in read-grid pixels after every check that needs no scene: a batch of scenes calls it
     once, so a wrong option is one error before any work, not the same failure recorded for every scene."""
     tile, stride = _window_sizes(model, tile_size, stride, min_valid)
-    _check_options(blend, probs_dtype)
+    check_blend_and_dtype(blend, probs_dtype)
     if dense:
         check_dense(model, tile, stride, model_path)
     return tile, stride
 
 
-def _check_options(blend: str, probs_dtype: str) -> None:
+def check_blend_and_dtype(blend: str, probs_dtype: str) -> None:
     if blend not in BLENDS:
         raise ValueError(f"--blend must be one of {BLENDS}, got {blend!r}")
     if probs_dtype not in PROBS_DTYPES:
@@ -220,7 +219,7 @@ def _window_sizes(model: LandCoverModel, tile_size: int | None, stride: int | No
     return tile, stride
 
 
-def _check_scene_size(reader: SceneReader, scene: str, tile: int, stride: int) -> None:
+def _check_scene_size(reader: ModelSceneReader, scene: str, tile: int, stride: int) -> None:
     if reader.width < tile or reader.height < tile:
         raise ValueError(
             f"{scene}: {reader.width}x{reader.height} px{' after resampling' if reader.target_res else ''} "
@@ -338,7 +337,7 @@ class _MapWriter:
         self.next_row = max(self.next_row, until)
 
 
-def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, grid: WindowGrid,
+def _classify_windows(model: LandCoverModel, predict: Any, reader: ModelSceneReader, grid: WindowGrid,
                       sink: _MapWriter, batch_size: int, min_valid: float, desc: str | None) -> int:
     """Read, classify (``predict``: raw pixels -> probabilities) and accumulate every window in row-major
     batches (the next batch is read while the model runs); returns how many windows had at least
@@ -365,7 +364,7 @@ def _classify_windows(model: LandCoverModel, predict: Any, reader: SceneReader, 
     return classified
 
 
-def _add_feature(gj: Any, reader: SceneReader, classes: list[str], probs: np.ndarray, frac: float,
+def _add_feature(gj: Any, reader: ModelSceneReader, classes: list[str], probs: np.ndarray, frac: float,
                  col: int, row: int, tile: int) -> None:
     ring = footprint_lonlat(reader.transform, col, row, tile, tile, reader.crs)
     best = top_k(probs[None], classes)[0]

@@ -32,15 +32,13 @@ from geossl.io import atomic_path, check_outputs
 from geossl.models.encoder import EncoderMeta
 from geossl.models.landcover import LandCoverModel
 from geossl.predict.common import (
-    check_statistics,
     ensure_out_dir,
-    fill_invalid,
     model_device,
-    resolve_bands,
     run_batches,
     top_k,
 )
 from geossl.predict.geojson import footprint_lonlat, geojson_writer
+from geossl.scene.bands import check_statistics, fill_invalid, resolve_bands
 
 IMAGE_EXTS = RASTER_EXTS + (".jpg", ".jpeg", ".png")
 PIL_EXTS = (".jpg", ".jpeg", ".png")

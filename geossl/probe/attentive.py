@@ -32,7 +32,7 @@ from geossl.choices import ATTENTIVE_EPOCHS, ATTENTIVE_LRS
 from geossl.data.patches import PatchDataset
 from geossl.models.encoder import Encoder
 from geossl.models.landcover import TOKENS_DESCRIPTION, AttentiveHead, default_num_heads, last_block_tokens
-from geossl.probe.features import SplitTable, _table_csv, cache_key, check_compatible
+from geossl.probe.features import SplitTable, cache_key, check_compatible, table_csv
 
 __all__ = ["AttentiveHead", "DEFAULT_EPOCHS", "DEFAULT_LRS", "DEFAULT_WEIGHT_DECAY", "extract_tokens",
            "fit_attentive_head", "train_attentive"]
@@ -196,7 +196,7 @@ def fit_attentive_head(encoder: Encoder, table: SplitTable, cache_dir: Path, *, 
     """Extract the tokens, train the sweep (chosen on val), score test. Returns the head (CPU) and the
     ``attentive`` section of metrics.json (plus ``test_logits``, a tensor the caller pops)."""
     start = time.perf_counter()
-    dataset = PatchDataset(_table_csv(table, cache_dir, cache_key(None, "attentive", table.paths)),
+    dataset = PatchDataset(table_csv(table, cache_dir, cache_key(None, "attentive", table.paths)),
                            classes=table.classes)
     check_compatible(encoder, dataset, "encoder", table.source)
     encoder = encoder.to(device).eval()

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from geossl.argtypes import positive_int
 from geossl.choices import (
     ATTENTIVE_EPOCHS,
     ATTENTIVE_LRS,
@@ -14,7 +15,6 @@ from geossl.choices import (
     PROBE_DENSE_TOKENS,
     PROBE_WEIGHT_DECAYS,
 )
-from geossl.cli import positive_int
 from geossl.io import check_outputs
 from geossl.labels.options import SPLIT_MODES, LabelOptions, parse_class_names
 from geossl.settings import data_root

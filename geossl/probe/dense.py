@@ -29,7 +29,7 @@ from geossl.choices import PROBE_DENSE_TOKENS
 from geossl.data.patches import PatchDataset
 from geossl.models.encoder import Encoder
 from geossl.models.landcover import LinearHead
-from geossl.probe.features import SplitTable, _table_csv, cache_key, check_compatible
+from geossl.probe.features import SplitTable, cache_key, check_compatible, table_csv
 from geossl.probe.linear import DEFAULT_WEIGHT_DECAYS, fit_linear_probe
 
 DEFAULT_TOKENS_PER_PATCH = PROBE_DENSE_TOKENS
@@ -106,7 +106,7 @@ def fit_dense_head(encoder: Encoder, table: SplitTable, cache_dir: Path, *, toke
     if tokens_per_patch is not None and tokens_per_patch < 1:
         raise ValueError(f"--dense-tokens must be >= 1, got {tokens_per_patch}")
     start = time.perf_counter()
-    dataset = PatchDataset(_table_csv(table, cache_dir, cache_key(None, "dense", table.paths)), classes=table.classes)
+    dataset = PatchDataset(table_csv(table, cache_dir, cache_key(None, "dense", table.paths)), classes=table.classes)
     check_compatible(encoder, dataset, "encoder", table.source)
     encoder = encoder.to(device).eval()
     common: dict[str, Any] = dict(batch_size=batch_size, workers=workers, device=device)

@@ -234,15 +234,17 @@ def cached_table_features(
                 return feats, {"hit": True, "path": str(path), "seconds": time.perf_counter() - start}
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             pass
-    dataset = PatchDataset(_table_csv(table, Path(cache_dir), key), classes=table.classes)
+    dataset = PatchDataset(table_csv(table, Path(cache_dir), key), classes=table.classes)
     feats = compute(dataset)
     with atomic_path(path, suffix=".safetensors") as tmp:
         safetensors.torch.save_file({"features": feats.contiguous()}, str(tmp), metadata={"recipe": recipe})
     return feats, {"hit": False, "path": str(path), "seconds": time.perf_counter() - start}
 
 
-def _table_csv(table: SplitTable, cache_dir: Path, key: str) -> Path:
-    """The table as a CSV (absolute paths) that PatchDataset reads in order, without a split column."""
+def table_csv(table: SplitTable, cache_dir: Path, key: str) -> Path:
+    """The table as a CSV (absolute paths) that PatchDataset reads in order, without a split column:
+    ``cache_dir/files-<key>.csv``, written atomically; the file list of every probe that reads the patches
+    (frozen features here, the attentive and dense heads in :mod:`geossl.probe.attentive`, :mod:`~geossl.probe.dense`)."""
     path = cache_dir / f"files-{key}.csv"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

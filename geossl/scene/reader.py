@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from geossl.data.raster import WindowReader, open_raster
 from geossl.models.encoder import EncoderMeta
-from geossl.predict.common import check_statistics, fill_invalid, resolve_bands
-from geossl.predict.rescale import LinearRescale, check_rescale, fit_percentile_rescale
+from geossl.scene.bands import check_statistics, fill_invalid, resolve_bands
+from geossl.scene.rescale import LinearRescale, check_rescale, fit_percentile_rescale
 
 RESAMPLE_TOLERANCE = 0.05  # a scene within 5 % of the model's GSD is used as it is
 AUTO_RESAMPLE_MAX = 4.0  # automatic resampling stays within 4x either way; beyond, --resample must ask for it
@@ -91,11 +91,11 @@ class ReadGrid:
         return west, south, east, north
 
 
-class SceneReader:
+class ModelSceneReader:
     """One open scene (or its resampling VRT): window reads as float32 plus a validity mask.
 
     ``rescale="percentile"`` maps each band linearly so that the scene's sampled 2nd/98th percentiles
-    become the model's p2/p98 (:mod:`geossl.predict.rescale`); every read is then in the model's units.
+    become the model's p2/p98 (:mod:`geossl.scene.rescale`); every read is then in the model's units.
     ``onto``: read the scene onto that grid (module docstring); ``resample`` is then ignored.
     """
 
@@ -184,7 +184,7 @@ class SceneReader:
         return vrt, (vrt.count if add_alpha else None)
 
     def grid(self, name: str | None = None) -> ReadGrid:
-        """This reader's read grid, to read another scene onto (``SceneReader(..., onto=reader.grid())``)."""
+        """This reader's read grid, to read another scene onto (``ModelSceneReader(..., onto=reader.grid())``)."""
         return ReadGrid(self.crs, self.transform, self.width, self.height, name or self.uri)
 
     @property
@@ -247,14 +247,14 @@ class SceneReader:
             ds.close()
         self.src.close()
 
-    def __enter__(self) -> SceneReader:
+    def __enter__(self) -> ModelSceneReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def window_batches(reader: SceneReader, grid: Any, batch_size: int,
+def window_batches(reader: ModelSceneReader, grid: Any, batch_size: int,
                    desc: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Row-major batches of ``grid``'s windows, the next batch read in a thread while the caller runs the
     model: (first window index, images (B, C, T, T), valid (B, T, T), valid fraction (B,), integral image

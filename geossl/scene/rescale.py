@@ -1,7 +1,7 @@
 """Run a model on a scene in other units: map each band's 2nd/98th percentiles onto the model's.
 
 A model trained on 8-bit RGB (0-255) sees noise in a reflectance scene (0-10,000 or 0-1 floats), and
-:func:`geossl.predict.common.check_statistics` refuses such a scene. ``--rescale percentile`` fixes the
+:func:`geossl.scene.bands.check_statistics` refuses such a scene. ``--rescale percentile`` fixes the
 units with a per-band linear map ``y = a x + b`` chosen so that the scene's 2nd and 98th percentiles
 (sampled through the reader, so nodata, NaN and masked pixels are ignored) land exactly on the model's
 ``p2`` and ``p98`` (recorded in the encoder's ``geossl.json``). Percentiles rather than min/max because
