@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 lint: setup
 	$(VENV)/bin/ruff check geossl sagemaker bench tests
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/pytest -q tests

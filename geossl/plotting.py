@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ matplotlib.use("Agg")  # no display on servers and in CI
 from geossl.io import atomic_path  # noqa: E402
 
 
-def save_png(fig: Any, out: str | Path, dpi: int = 100, **kwargs: Any) -> Path:
+def save_png(fig: Any, out: str | os.PathLike[str], dpi: int = 100, **kwargs: Any) -> Path:
     """Save ``fig`` to ``out`` through a temporary file, then close it (also on error)."""
     import matplotlib.pyplot as plt
 

@@ -408,6 +408,7 @@ def _get(url: str, part: Path, label: str, progress: bool) -> bool:
         raise DataUnavailableError(f"{url} cannot be reached ({_reason(exc.reason)})") from None
     except (TimeoutError, ConnectionError) as exc:
         raise DataUnavailableError(f"{url} cannot be reached ({_reason(exc)})") from None
+    total: int | None
     with resp:
         resumed = resp.status == 206
         if resumed:

@@ -356,10 +356,11 @@ def read_pil_array(path: str | Path, check: Callable[[Image.Image], None] | None
     with Image.open(path) as img:
         if check is not None:
             check(img)
+        image: Image.Image = img
         if img.mode in _PIL_CONVERT:
             transparent = img.mode == "P" and "transparency" in img.info
-            img = img.convert("RGBA" if transparent else _PIL_CONVERT[img.mode])
-        array = np.asarray(img)
+            image = img.convert("RGBA" if transparent else _PIL_CONVERT[img.mode])
+        array = np.asarray(image)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 

@@ -153,11 +153,12 @@ def load_index(uris: Sequence[str], path: str | Path) -> list[SceneInfo] | None:
     return [_info(rows[u]) for u in uris]
 
 
-def scene_infos(uris: Sequence[str], index: str | Path | None = None, workers: int = 8,
+def scene_infos(uris: Sequence[str], index: str | os.PathLike[str] | None = None, workers: int = 8,
                 refresh: bool = False) -> tuple[list[SceneInfo], str]:
     """Scene headers, from a current index when there is one; ("built" | "reused" | "read", ...)."""
     if index is None:
         return read_headers(uris, workers), "read"
-    if not refresh and (infos := load_index(uris, index)) is not None:
+    index_path = Path(index)
+    if not refresh and (infos := load_index(uris, index_path)) is not None:
         return infos, "reused"
-    return build_index(uris, index, workers), "built"
+    return build_index(uris, index_path, workers), "built"

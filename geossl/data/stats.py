@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +57,20 @@ class BandStats:
 
 SourceLike = str | Path | list[str]
 
+
+
+class _SampledTiles(Protocol):
+    """What the statistics read from each kind of source (patches, scene tiles, shard chips)."""
+
+    @property
+    def band_count(self) -> int: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 def detect_kind(source: SourceLike) -> str:
     """"patches" for a CSV, a folder with labels.csv/splits.csv, or class folders of images; else "scenes"."""
@@ -140,8 +154,6 @@ def compute_stats(
     mode) is left out and listed in ``skipped_files``; more than ``max_bad_fraction`` of the sample stops
     with the list.
     """
-    import torch
-
     from geossl.data.patches import BadPatchError, PatchDataset, bad_files_message
 
     kind = detect_kind(source) if kind == "auto" else kind
@@ -149,18 +161,18 @@ def compute_stats(
         if isinstance(source, list) and len(source) != 1:
             raise ValueError(f"patches: expected one folder or CSV, got {len(source)} inputs: {source}")
         patch_source = source[0] if isinstance(source, list) else source
-        dataset: torch.utils.data.Dataset = PatchDataset(patch_source, bands=bands, limit=n_tiles, seed=seed)
+        dataset: _SampledTiles = PatchDataset(patch_source, bands=bands, limit=n_tiles, seed=seed)
         sources = [str(patch_source)]
     elif kind == "scenes":
         # Imported here: scenes need rasterio/GDAL, JPEG patches must not (the GPU host has no GDAL).
         from geossl.data.scenes import RandomTileDataset
 
-        dataset = RandomTileDataset(
+        tiles = RandomTileDataset(
             source if isinstance(source, list) else str(source), tile_size=tile_size, length=n_tiles,
             bands=bands, min_valid_fraction=0.0, seed=seed,
         )  # fmt: skip
-        _refuse_mixed_dtypes(dataset.scenes)
-        sources = [s.uri for s in dataset.scenes]
+        _refuse_mixed_dtypes(tiles.scenes)
+        dataset, sources = tiles, [s.uri for s in tiles.scenes]
     elif kind == "shards":
         from geossl.data.shards import ShardDataset, ShardSample
 

@@ -38,7 +38,7 @@ def _walk(folder: Path, exts: tuple[str, ...]) -> list[str]:
     other; ``os.walk`` would skip them silently), each real folder once, so a link to an ancestor or two
     links to one folder neither loop nor list a file twice.
     """
-    found = []
+    found: list[str] = []
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         st = os.stat(dirpath)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -126,7 +127,7 @@ def standardized_weight(weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return weight.clone()
     flat = weight.reshape(weight.shape[0], -1)
     return F.batch_norm(flat.unsqueeze(0), None, None, training=True, momentum=0.0,
-                        eps=float(conv.eps)).reshape_as(weight)
+                        eps=float(cast(Any, conv).eps)).reshape_as(weight)
 
 
 def adapt_input_weight(weight: torch.Tensor, mapping: BandMapping, policy: str = "zero") -> torch.Tensor:

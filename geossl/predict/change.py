@@ -166,6 +166,7 @@ class _ChangeSink:
 
     def __enter__(self) -> _ChangeSink:
         try:
+            assert self.outputs["score"] is not None  # change_outputs always names the score map
             self.writers.append(COGStripWriter(
                 self.outputs["score"], count=1, dtype="float32", nodata=float("nan"), tags=self.tags,
                 descriptions=["change score (1 - cosine similarity)"], overview_resampling="average", **self.common))

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     # One classify per folder at a time: two runs (say, with different models) would both pass the
     # existing-output check and then replace each other's maps.
     with RunLock(out_dir, "geossl classify", "--out"):
-        return _classify_into(args, model, device, out_dir, start)
+        return _classify_into(args, model, str(device), out_dir, start)
 
 
 def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: Path, start: float) -> int:

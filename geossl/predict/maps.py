@@ -248,7 +248,8 @@ def write_preview(
         ax.tick_params(labelsize=7)
         ax.ticklabel_format(useOffset=False, style="plain")
     colors = class_colors(classes)
-    handles = [Patch(color=np.array(colors[k]) / 255, label=classes[k]) for k in present]
+    handles = [Patch(color=(colors[k][0] / 255, colors[k][1] / 255, colors[k][2] / 255), label=classes[k])
+               for k in present]
     handles.append(Patch(facecolor="white", edgecolor="grey", label="nodata"))
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     if title:

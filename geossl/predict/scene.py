@@ -171,6 +171,7 @@ def classify_scene(
                           title=f"{stem}: tile {tile}, stride {stride} ({note})")
     if outputs["stac"] is not None:
         write_scene_item(outputs, scene, tags, model_path)
+    assert outputs["classes"] is not None  # scene_outputs always names the class map
     return SceneResult(
         scene=scene, class_map=outputs["classes"], probs=outputs["probs"], geojson=outputs["geojson"],
         preview=outputs["preview"], map_size=(grid.width, grid.height), windows=grid.n_windows,
@@ -290,6 +291,7 @@ class _MapWriter:
 
     def __enter__(self) -> _MapWriter:
         try:
+            assert self.outputs["classes"] is not None  # scene_outputs always names the class map
             self.writers.append(COGStripWriter(
                 self.outputs["classes"], count=1, dtype="uint8", nodata=NODATA_CLASS,
                 colormap=colormap_entries(self.classes), tags=self.tags, descriptions=["land cover class"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from geossl.data.patches import PatchDataset
@@ -57,7 +58,7 @@ def band_statistics_features(
     return cached_table_features(key, table, cache_dir, RECIPE, compute)
 
 
-def standardize(features: torch.Tensor, train_idx: torch.Tensor | list[int]) -> torch.Tensor:
+def standardize(features: torch.Tensor, train_idx: torch.Tensor | list[int] | np.ndarray) -> torch.Tensor:
     """Z-score every column with the train rows' mean and std, so cosine k-NN is not ruled by one scale."""
     ref = features[train_idx]
     return (features - ref.mean(0)) / ref.std(0).clamp_min(1e-8)
