@@ -10,7 +10,7 @@ PYTHON312 ?= $(shell for c in python3.12 "$$(PYENV_VERSION=3.12.1 pyenv which py
 	[ -n "$$c" ] && command -v "$$c" >/dev/null 2>&1 && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null \
 	&& { command -v "$$c"; break; }; done)
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test check demo lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,11 @@ lint: setup
 
 test: setup lint
 	$(VENV)/bin/pytest -q tests
+
+# The edit loop's fast lane: lint and the tests not marked slow (make test stays the whole gate).
+check: setup
+	$(VENV)/bin/ruff check geossl sagemaker bench tests
+	$(VENV)/bin/pytest -q -x -m "not slow" tests
 
 # geossl demo fetches what is missing itself (one place): eurosat-rgb and scenes, verified.
 demo: setup
