@@ -33,10 +33,11 @@ def csv_steps(run: Path) -> list[int]:
 def test_sigint_saves_then_resume_keeps_logs_and_curve_history(tmp_path, patches):
     data, stats = patches
     cfg = tiny_config(data, stats, ["optim.epochs=3", "trainer.log_every_steps=1"])
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started in the background
     first = pretrain(cfg, tmp_path / "run", callbacks=[SignalAt(6, signal.SIGINT)])
     assert first["status"] == "interrupted" and first["steps"] == 6 and first["encoder_dir"] is None
     assert load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is put back
     logged_before = csv_steps(tmp_path / "run")
     assert logged_before == list(range(6))  # every step up to the one saved (0-based rows), none lost
 
