@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -31,6 +31,7 @@ def results(shared_data: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 def test_gpu_step_quick_reports_a_real_step(results: dict[str, dict[str, Any]]) -> None:
     data = results["gpu_step"]
     assert data["bench"] == "gpu_step" and data["device"] == "cpu"

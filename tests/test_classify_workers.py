@@ -21,6 +21,8 @@ from geossl.cli import main
 from geossl.predict.manifest import Manifest
 from geossl.predict.workers import threads_per_worker
 
+pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
+
 LANDSAT, NAIP = "landsat7_300m_RGB.byte.tif", "naip_5m_north_dakota_2019.tif"
 FAST = ("--tile-size", "32", "--stride", "64", "--bands", "1,2,3", "--no-preview", "--quiet")
 

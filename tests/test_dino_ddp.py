@@ -35,6 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_centre_update_is_all_reduced(tmp_path):
     """Each rank sees different teacher outputs (and batch sizes); both end with the centre of ALL of them."""
     torch.manual_seed(0)

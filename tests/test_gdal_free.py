@@ -19,6 +19,10 @@ SCRIPT = r"""
 import importlib.abc, json, sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
+
 BLOCKED = {"rasterio", "torchgeo", "geopandas", "kornia", "affine", "pyproj", "shapely", "fiona", "osgeo"}
 
 class NoGeo(importlib.abc.MetaPathFinder):

@@ -217,6 +217,7 @@ def _peak_kb(scene: Path, model: Path, out: Path) -> dict[str, int]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_scene_size(tmp_path: Path, models: dict[str, Path]) -> None:
     """10,000^2 x 3 px is 300 MB as uint8 and 1.2 GB as float32; the classifier must hold neither."""
     small = write_synthetic_scene(tmp_path / "small.tif", 800, 800, border=100)

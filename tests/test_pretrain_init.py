@@ -86,6 +86,7 @@ def test_unmatched_bands_are_one_clear_line(source_run, tmp_path, capsys):
     assert "model.init_new_bands" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_rgb_encoder_continued_on_real_13_band_eurosat_ms(tmp_path, shared_data):
     """Real data end to end: pretrain on EuroSAT RGB, name its bands, continue on EuroSAT MS, probe on MS."""
     rgb_cfg = tiny_config(shared_data / "eurosat-rgb", tmp_path / "none", [
