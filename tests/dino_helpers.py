@@ -1,7 +1,9 @@
-"""Tiny DINO configs and synthetic patch folders shared by the DINO tests (kept small for 2 CPU cores)."""
+"""Tiny DINO configs, synthetic patch folders (clean or salted with bad files) and a free local port, shared by
+the data, DINO and fine-tuning tests (kept small for 2 CPU cores)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -51,3 +53,43 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
         if trainer.global_step == self.k - 1:
             os.kill(os.getpid(), self.signum)
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def salt(root: Path, size: int = 32) -> dict[str, str]:
+    """Write eight bad files into the class folders of ``root``; returns {absolute path: expected kind}.
+
+    Two sort first in their class, so the dataset's first file is bad (not an image) and so is its second
+    (RGBA among RGB). A 16-bit PNG is grayscale: Pillow reads 16-bit RGB PNGs as 8-bit RGB.
+    """
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    jpeg, png = _encoded(rgb, "JPEG"), _encoded(rgb, "PNG")
+    files: dict[str, tuple[bytes, str]] = {
+        "bright/000_text.png": (b"this is a text file, not a png\n", "unreadable"),
+        "bright/001_rgba.png": (_encoded(np.dstack([rgb, rgb[..., :1]]), "PNG"), "bands"),
+        "bright/truncated.jpg": (jpeg[: len(jpeg) // 2], "unreadable"),
+        "dark/truncated.png": (png[: len(png) // 2], "unreadable"),
+        "dark/empty.png": (b"", "unreadable"),
+        "dark/gray.png": (_encoded(rgb[..., 0], "PNG"), "bands"),
+        "dark/deep16.png": (_encoded(rgb[..., 0].astype(np.uint16) * 257, "PNG"), "bands"),  # mode I;16
+        "dark/small.png": (_encoded(rgb[: size - 8, : size - 8], "PNG"), "size"),
+    }
+    expected = {}
+    for name, (data, kind) in files.items():
+        (root / name).write_bytes(data)
+        expected[str(root / name)] = kind
+    return expected
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -164,3 +164,17 @@ def test_no_two_modules_import_each_other_even_inside_functions():
                     and not m.startswith(name + ".")}
              for name, path in modules.items()}
     assert_no_circle(edges)
+
+
+def test_the_tests_mirror_the_package_tree():
+    """tests/<package>/ for each package's tests (tests/benchmarks/ for bench/, tests/ itself for the top-level
+    modules and the end-to-end runs), named by subject, and no two test files share a name: pytest's default
+    import mode puts each test folder on sys.path, where two ``test_x.py`` would shadow each other."""
+    tests = Path(__file__).resolve().parent
+    folders = {p.parent.relative_to(tests) for p in tests.rglob("test_*.py")}
+    strays = [str(f) for f in folders if f.parts and f.parts != ("benchmarks",) and not (PACKAGE / f).is_dir()]
+    assert not strays, f"test folders with no package of that name in geossl/: {strays}"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    by_round = [n for n in names if n.startswith(("test_defects_", "test_numbers_"))]
+    assert not by_round, f"name tests by subject, not by the review round that wrote them: {by_round}"

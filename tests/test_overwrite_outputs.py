@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_landcover import make_encoder
-from test_probe_features import make_patches
+from encoder_helpers import make_encoder, make_patches
 
 from geossl.cli import main
 

@@ -3,8 +3,8 @@
 This is what DINO/DINOv2 optimise, kept apart from how the run is driven (the LightningModule, the
 trainer, callbacks, checkpoints and run folders in the rest of :mod:`geossl.dino`). Each module is a
 small typed block of plain torch/numpy, tested on its own against the reference formulas of the papers
-and the original code (``tests/test_dino_loss.py``, ``test_dino_ibot.py``, ``test_dino_koleo.py``,
-``test_dino_sinkhorn.py``, ``test_dino_masking.py``, ``test_dino_schedules.py``); none of them imports
+and the original code (``tests/dino/objective/``: ``test_loss.py``, ``test_ibot.py``, ``test_koleo.py``,
+``test_sinkhorn.py``, ``test_masking.py``, ``test_schedules.py``); none of them imports
 Lightning or anything else from geossl's training machinery, so they can be read, checked and reused
 without it.
 

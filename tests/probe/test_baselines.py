@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_landcover import make_encoder
-from test_probe_features import make_patches
+from encoder_helpers import make_encoder, make_patches
 
 from geossl.cli import main
 from geossl.probe.baselines import BAND_STAT_NAMES, band_statistics, standardize

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dino_helpers import TINY, SignalAt, make_patch_folder, tiny_config
-from test_bad_files_data import salt
+from dino_helpers import TINY, SignalAt, make_patch_folder, salt, tiny_config
 
 from geossl.cli import main
 from geossl.dino.bad_files import SkippingDataset

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUT_FILES = {"env.json", "gpu_step.json", "quality.json", "summary.json", "logs.tar.gz"}
 STAGES = ["env", "step_vits16_eager", "step_vits16_compiled", "step_vits8_eager", "size", "pretrain", "probe", "finetune"]
 

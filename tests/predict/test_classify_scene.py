@@ -21,7 +21,7 @@ from geossl.predict.maps import NODATA_CLASS
 from geossl.predict.scene import axis_plan, classify_scene
 from geossl.scene.reader import ModelSceneReader
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

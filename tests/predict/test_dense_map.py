@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.synthetic import EUROSAT_CLASSES, RGB_MEAN, RGB_STD, make_tiny_encoder, write_synthetic_scene  # noqa: E402

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_landcover import RGB_MEAN, RGB_STD, make_encoder
-from test_probe_features import make_patches
+from encoder_helpers import RGB_MEAN, RGB_STD, make_encoder, make_patches
 
 from geossl.cli import main
 from geossl.data.patches import PatchDataset
@@ -176,7 +175,7 @@ def test_probe_real_eurosat_ms_13_bands(tmp_path: Path, shared_data: Path) -> No
 def test_bench_quality_reuse_prints_json_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).parent.parent / "bench" / "quality.py")
+    spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).resolve().parents[2] / "bench" / "quality.py")
     assert spec and spec.loader
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)

@@ -127,7 +127,7 @@ def test_loss_and_patch_centre_match_reference(teacher_temp):
 
 
 def test_sinkhorn_targets_for_patches_and_no_masked_patch_at_all():
-    from test_dino_sinkhorn import reference_sinkhorn
+    from test_sinkhorn import reference_sinkhorn
 
     torch.manual_seed(3)
     s, t = torch.randn(7, 12), torch.randn(7, 12)

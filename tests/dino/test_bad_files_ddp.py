@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from dino_helpers import make_patch_folder
-from test_bad_files_data import salt
-from test_dino_ddp import _free_port
+from dino_helpers import free_port, make_patch_folder, salt
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import json, sys
@@ -39,7 +37,7 @@ def test_two_ranks_merge_their_skipped_files(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(data), str(stats), str(tmp_path)]
+           "--master_port", str(free_port()), str(script), str(data), str(stats), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_e2e_demo import TINY, small_splits
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_bench(name: str):  # noqa: ANN201 - a module

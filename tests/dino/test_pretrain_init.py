@@ -15,7 +15,7 @@ from geossl.cli import main
 from geossl.dino.train import pretrain
 from geossl.models.encoder import read_meta
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class StartState(L.Callback):

@@ -1,53 +1,21 @@
 """Bad patch files at the data layer: a bad first file does not stop a dataset from being built, errors say
-what kind of bad, `geossl stats` skips and counts them; plus the salted folder the training tests share."""
+what kind of bad, `geossl stats` skips and counts them (the salted folder is ``dino_helpers.salt``, shared with
+the training tests)."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dino_helpers import make_patch_folder
+from dino_helpers import make_patch_folder, salt
 from PIL import Image
 
 from geossl.config import load_config
 from geossl.config_checks import ConfigError
 from geossl.data.patches import MAX_UNREADABLE_IN_A_ROW, BadPatchError, PatchDataset
 from geossl.data.stats import BandStats, compute_stats
-
-
-def _encoded(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def salt(root: Path, size: int = 32) -> dict[str, str]:
-    """Write eight bad files into the class folders of ``root``; returns {absolute path: expected kind}.
-
-    Two sort first in their class, so the dataset's first file is bad (not an image) and so is its second
-    (RGBA among RGB). A 16-bit PNG is grayscale: Pillow reads 16-bit RGB PNGs as 8-bit RGB.
-    """
-    rng = np.random.default_rng(1)
-    rgb = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    jpeg, png = _encoded(rgb, "JPEG"), _encoded(rgb, "PNG")
-    files: dict[str, tuple[bytes, str]] = {
-        "bright/000_text.png": (b"this is a text file, not a png\n", "unreadable"),
-        "bright/001_rgba.png": (_encoded(np.dstack([rgb, rgb[..., :1]]), "PNG"), "bands"),
-        "bright/truncated.jpg": (jpeg[: len(jpeg) // 2], "unreadable"),
-        "dark/truncated.png": (png[: len(png) // 2], "unreadable"),
-        "dark/empty.png": (b"", "unreadable"),
-        "dark/gray.png": (_encoded(rgb[..., 0], "PNG"), "bands"),
-        "dark/deep16.png": (_encoded(rgb[..., 0].astype(np.uint16) * 257, "PNG"), "bands"),  # mode I;16
-        "dark/small.png": (_encoded(rgb[: size - 8, : size - 8], "PNG"), "size"),
-    }
-    expected = {}
-    for name, (data, kind) in files.items():
-        (root / name).write_bytes(data)
-        expected[str(root / name)] = kind
-    return expected
 
 
 @pytest.fixture()

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from dino_helpers import make_patch_folder
+from dino_helpers import free_port, make_patch_folder
 
 from geossl.dino.objective.loss import DINOLoss
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def _centre_worker(rank: int, world: int, port: int, outputs: list, result_dir: str) -> None:
@@ -27,20 +27,12 @@ def _centre_worker(rank: int, world: int, port: int, outputs: list, result_dir: 
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_centre_update_is_all_reduced(tmp_path):
     """Each rank sees different teacher outputs (and batch sizes); both end with the centre of ALL of them."""
     torch.manual_seed(0)
     outputs = [torch.randn(4, 6), torch.randn(7, 6) + 3.0]
-    mp.spawn(_centre_worker, args=(2, _free_port(), outputs, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_centre_worker, args=(2, free_port(), outputs, str(tmp_path)), nprocs=2, join=True)
     expected = 0.1 * torch.cat(outputs).mean(dim=0, keepdim=True)  # centre starts at 0, momentum 0.9
     for rank in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"centre{rank}.pt", weights_only=True), expected)
@@ -51,7 +43,7 @@ def test_two_process_pretraining_shards_data_and_shares_the_centre(tmp_path):
     data, stats = make_patch_folder(tmp_path / "patches", n_per_class=16)
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(TESTS / "ddp_pretrain_script.py"), str(data), str(stats), str(tmp_path)]
+           "--master_port", str(free_port()), str(TESTS / "ddp_pretrain_script.py"), str(data), str(stats), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -108,11 +108,11 @@ def _sk_worker(rank: int, world: int, port: int, parts: list, result_dir: str) -
 def test_sums_run_over_all_ranks(tmp_path):
     """Ranks with different numbers of rows (iBOT's masked patches; one with none) get the rows of the
     single-process result on the concatenated batch: B is the global count, every sum all-reduced."""
-    from test_dino_ddp import _free_port
+    from dino_helpers import free_port
 
     torch.manual_seed(3)
     parts = [torch.randn(5, 10) * 0.5, torch.randn(9, 10) * 0.5 + 0.3, torch.zeros(0, 10)]
-    mp.spawn(_sk_worker, args=(3, _free_port(), parts, str(tmp_path)), nprocs=3, join=True)
+    mp.spawn(_sk_worker, args=(3, free_port(), parts, str(tmp_path)), nprocs=3, join=True)
     expected = reference_sinkhorn(torch.cat(parts).numpy(), 0.07, 3)
     ours = torch.cat([torch.load(tmp_path / f"q{r}.pt", weights_only=True) for r in range(3)])
     np.testing.assert_allclose(ours.numpy(), expected, rtol=2e-4, atol=1e-7)

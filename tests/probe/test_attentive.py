@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from rasterio.windows import Window
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.synthetic import make_tiny_encoder  # noqa: E402
 from geossl.cli import main  # noqa: E402

@@ -14,7 +14,7 @@ from geossl.cloud.launcher import resolve_training_config
 from geossl.config import load_config
 from geossl.finetune.config import load_finetune_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FILE_SUFFIXES = (".yaml", ".yml", ".json", ".py", ".txt", ".toml")
 
 

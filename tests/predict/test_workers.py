@@ -89,7 +89,7 @@ def test_sigterm_to_the_process_group_leaves_no_half_written_map(model: Path, sc
     assert main(["classify", "--model", str(model), "--input", str(scenes), "--out", str(reference), *FAST]) == 0
     command = [sys.executable, "-m", "geossl.cli", "classify", "--model", str(model), "--input", str(scenes),
                "--out", str(out), *FAST, "--stride", "8", "--workers", "2"]  # 64x the windows: slow enough to stop
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

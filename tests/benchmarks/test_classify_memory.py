@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_classify_memory_bench_quick() -> None:

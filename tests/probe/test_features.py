@@ -7,26 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from encoder_helpers import COLOURS, make_encoder, make_patches
 from PIL import Image
-from test_landcover import make_encoder
 
 import geossl.probe.features as features_mod
 from geossl.models.encoder import load_encoder
 from geossl.probe.features import cached_features, load_split_table
 from geossl.probe.run import ProbeOptions, cls_part, run_probe
-
-COLOURS = {"Forest": (30, 110, 40), "SeaLake": (20, 40, 120), "Industrial": (150, 150, 150)}
-
-
-def make_patches(root: Path, n_per_class: int = 10, size: int = 16, seed: int = 0) -> Path:
-    """Class folders of small PNGs whose colour (plus noise) identifies the class."""
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f"{name}_{i}.png")
-    return root
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:

@@ -17,7 +17,7 @@ from geossl.config import load_config
 from geossl.dino.checkpoint import load_checkpoint_file
 from geossl.dino.train import pretrain
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.synthetic import EUROSAT_CLASSES, make_tiny_encoder  # noqa: E402
 from geossl.models.backbone import backbone_kwargs, create_backbone  # noqa: E402

@@ -29,7 +29,7 @@ from geossl.predict.tiles import read_tile
 from geossl.scene import reader as scene_reader
 from geossl.scene.bands import fill_invalid
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LANDSAT = "landsat7_300m_RGB.byte.tif"
 REAL_SCENES = ["naip_5m_north_dakota_2019.tif", "s2_like_10m_netherlands_cog.tif", LANDSAT]
 W, H = 48, 40  # not square: a transposed window would show
