@@ -9,6 +9,7 @@ readable; below :mod:`geossl.config`, which runs these checks whenever a config 
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -205,7 +206,6 @@ def check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
     """
     if not kwargs:
         return
-    import inspect
 
     import lightning
 

@@ -178,3 +178,49 @@ def test_the_tests_mirror_the_package_tree():
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     by_round = [n for n in names if n.startswith(("test_defects_", "test_numbers_"))]
     assert not by_round, f"name tests by subject, not by the review round that wrote them: {by_round}"
+
+
+# Third-party modules whose import costs at least 0.2 s on the 2-core development machine (measured with
+# `python -c "import X"`: torch 2.7 s, lightning 7 s, timm 4.4 s, peft 7 s, litdata 2.5 s, safetensors.torch
+# 2.1 s, pyogrio 0.8 s, matplotlib.pyplot 0.7 s, geopandas 0.6 s, rasterio 0.4 s, boto3 0.2 s, pyarrow 0.2 s;
+# docs/architecture.md), plus the optional extras, and tqdm where `geossl data fetch --help` must stay light
+# (tests/data/test_fetch_mirror.py). Only these may be imported inside a function, so
+# `geossl --help` and the light commands do not pay for the heavy ones; everything else goes at the top.
+DEFERRABLE = {"torch", "torchvision", "lightning", "timm", "peft", "litdata", "safetensors", "rasterio", "geopandas",
+              "pyogrio", "matplotlib", "boto3", "pyarrow", "torchgeo", "sagemaker", "numpy", "PIL", "tqdm"}
+
+
+def function_level_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of each import inside a function, except in a ``try`` (an optional dependency)."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        chain, up = [], parents.get(node)
+        while up is not None:
+            chain.append(up)
+            up = parents.get(up)
+        if any(isinstance(n, ast.Try) for n in chain) or not any(
+                isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in chain):
+            continue
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        found += [(node.lineno, name) for name in names if not (isinstance(node, ast.ImportFrom) and node.level)]
+    return sorted(found)
+
+
+def test_imports_inside_functions_only_defer_heavy_modules():
+    """An import inside a function is for start-up time: of a heavy module (above) or of a geossl module that
+    brings one; a cheap or standard-library import there only hides a dependency, so it goes at the top."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+                 for path in sorted(PACKAGE.rglob("*.py")) for line, name in function_level_imports(path)
+                 if name.split(".")[0] not in DEFERRABLE | {"geossl"}]
+    assert not offenders, offenders
+
+
+def test_the_function_level_import_scan_sees_through_nesting(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import os\n\ndef f():\n    if True:\n        import csv\n    try:\n        import peft\n"
+                   "    except ImportError:\n        pass\n    import torch\n")
+    assert function_level_imports(src) == [(5, "csv"), (10, "torch")]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from geossl.cloud.job_config import ConfigError, load_job_config
+from geossl.cloud.job_config import ConfigError, load_job_config, resolve_aws
 from geossl.config import load_config
 from geossl.settings import REPO_ROOT, resolve_data_path
 
@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from geossl.cloud.job_config import resolve_aws
     from geossl.cloud.launcher import launch, print_summary
 
     cfg = load_job_config(args.config, args.overrides)

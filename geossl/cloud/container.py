@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Mapping
@@ -283,8 +284,6 @@ def run_finetune_job(hps: Mapping[str, Any], env: Mapping[str, str], paths: Cont
     """``geossl finetune`` in the container: labelled patches from the train channel, the start from the
     ``encoder`` channel. The run folder lives in the checkpoint folder (synced to S3), so a restarted spot
     job resumes it bitwise; the land-cover model folder goes to the model dir, the reports to output data."""
-    import shutil
-
     from geossl.finetune.config import load_finetune_config
     from geossl.finetune.run import FinetuneOptions, run_finetune
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from geossl.cloud.job_config import (
     ENCODER_CHANNEL,
     AwsSettings,
@@ -187,8 +189,6 @@ def hyperparameters(cfg: JobConfig, config_rel: str) -> dict[str, Any]:
 def check_input_prefix(s3_client: Any, uri: str) -> int:
     """Fail before launching when the data prefix is missing, empty or holds neither images nor chips (shards
     of ``geossl chips``); returns the images (or chip descriptions) seen."""
-    from botocore.exceptions import ClientError
-
     bucket, prefix = parse_s3_uri(uri, "input.s3_uri")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
@@ -367,7 +367,6 @@ def launch(
 def _train(trainer: Any, inputs: list, wait: bool, result: LaunchResult) -> None:
     """``ModelTrainer.train`` with AWS refusals and failed jobs turned into one readable line."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError
 
     waiter_error = importlib.import_module("sagemaker.core.utils.exceptions").WaiterError
     try:

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 def _already_cut(out: Path, plan: Any) -> dict[str, Any] | None:
     """The description of chips this plan already cut into ``out`` (a rerun after a failed upload then
     only uploads), or None: nothing finished there, or chips of another plan (cut_shards refuses those)."""
-    from dataclasses import asdict
-
     from geossl.data.shards import META_FILE, read_shard_meta
 
     if not (out / META_FILE).is_file():

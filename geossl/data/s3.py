@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from geossl.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,6 @@ def s3_client() -> Any:
 
 def list_objects(bucket: str, prefix: str = "") -> list[dict[str, Any]]:
     """Every object under ``prefix`` (paginated), folder markers skipped; errors name the bucket/prefix."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     paginator = s3_client().get_paginator("list_objects_v2")
     try:
         objects = [obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
@@ -114,7 +114,6 @@ def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str, skip: tuple[str, 
     not botocore's traceback.
     """
     import boto3.exceptions
-    from botocore.exceptions import BotoCoreError, ClientError
 
     local_dir = Path(local_dir)
     if not local_dir.is_dir():

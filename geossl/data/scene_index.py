@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import affine
+import geopandas as gpd
+import shapely
 from rasterio.crs import CRS
 from tqdm import tqdm
 
 from geossl.data.raster import open_raster
 from geossl.data.uris import to_gdal_uri
+from geossl.io import atomic_path
 from geossl.settings import resolve_data_path
 
 INDEX_COLUMNS = ("uri", "width", "height", "count", "dtype", "crs", "a", "b", "c", "d", "e", "f", "nodata",
@@ -73,9 +76,6 @@ def _stat(uri: str) -> tuple[int, int]:
 
 
 def _footprint(info: SceneInfo) -> Any:
-    import geopandas as gpd
-    import shapely
-
     if info.crs is None:
         return None
     t = info.transform
@@ -117,8 +117,6 @@ def read_headers(uris: Sequence[str], workers: int = 8) -> list[SceneInfo]:
 def build_index(uris: Sequence[str], path: str | Path, workers: int = 8) -> list[SceneInfo]:
     """Read every header and write the GeoParquet index atomically; returns the scenes in ``uris`` order."""
     import geopandas as gpd
-
-    from geossl.io import atomic_path
 
     infos = read_headers(uris, workers)
     frame = gpd.GeoDataFrame([_row(i) for i in infos], columns=list(INDEX_COLUMNS),

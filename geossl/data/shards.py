@@ -26,6 +26,8 @@ the node's disk once (only new or changed chunks), then read locally.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -41,6 +43,7 @@ import torch
 from geossl.data.handles import DEFAULT_MAX_OPEN
 from geossl.data.patches import compact_torch_dtype, to_compact_tensor
 from geossl.data.raster import plan_axis
+from geossl.data.s3 import sync_prefix
 from geossl.data.scene_index import SceneInfo
 from geossl.data.scenes import RandomTileDataset, SceneReader, georef
 from geossl.io import atomic_write_json
@@ -316,10 +319,6 @@ class ShardDataset(torch.utils.data.Dataset):
         """
         if not self.input_dir.startswith("s3://"):
             return self.input_dir
-        import fcntl
-        import hashlib
-
-        from geossl.data.s3 import sync_prefix
 
         root = Path(self.cache_dir or Path.home() / ".cache" / "geossl" / "shards")
         local = root / hashlib.sha256(self.input_dir.encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from geossl.config import EvalConfig
 from geossl.dino.checkpoint import reopen_stopped_epoch
+from geossl.settings import resolve_data_path
 
 log = logging.getLogger("geossl")
 
@@ -215,7 +216,6 @@ class KNNMonitor(HistoryCallback):
 
     def __init__(self, cfg: EvalConfig, bands: list[int] | None, seed: int, data_root: str | None = None) -> None:
         from geossl.data.patches import PatchDataset
-        from geossl.settings import resolve_data_path
 
         assert cfg.knn_data is not None
         source = resolve_data_path(cfg.knn_data, data_root)  # the same data root as data.paths

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import yaml
+
 from geossl.config import load_config
 
 
@@ -31,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"model.init={args.init}"] if args.init else [])
     cfg = load_config(args.config, overrides)
     if args.print_config:
-        import yaml
-
         from geossl.dino.init import with_init_architecture
 
         print(yaml.safe_dump(with_init_architecture(cfg).to_dict(), sort_keys=False), end="")

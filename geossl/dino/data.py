@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -254,8 +256,6 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     down when training stops (its done event and a ``None`` on each index queue, after the item a worker is
     reading), and they exit by themselves when the main process is gone (torch's parent watchdog).
     """
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -277,8 +277,6 @@ def init_worker(worker_id: int, rank: int) -> None:
     """The training loaders' ``worker_init_fn`` (pretraining and fine-tuning): :func:`ignore_stop_signals`,
     then Lightning's own worker seeding, exactly as Lightning would add it without a worker_init_fn (it only
     adds its own when there is none, so ours has to call it)."""
-    import os
-
     ignore_stop_signals(worker_id)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function

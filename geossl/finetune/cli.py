@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from geossl.probe.cli import add_label_arguments, label_options
 from geossl.settings import data_root
 
@@ -40,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_finetune_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     if args.labels_per_class is not None and args.labels_per_class < 1:

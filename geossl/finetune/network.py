@@ -9,6 +9,7 @@ export, so a fine-tuned model folder is plain timm + safetensors like any other.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,7 +20,7 @@ from timm.optim import param_groups_layer_decay
 
 from geossl.models.backbone import create_backbone
 from geossl.models.encoder import Encoder, EncoderMeta, export_encoder, load_encoder
-from geossl.models.landcover import LinearHead, save_landcover_model
+from geossl.models.landcover import HEAD_META, LinearHead, load_landcover_model, save_landcover_model
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -75,8 +76,6 @@ def trainable_encoder(path: str, drop_path_rate: float, seed: int) -> Encoder:
 def probe_head(folder: str, classes: list[str]) -> tuple[LinearHead, str] | None:
     """(the linear head, its feature recipe) of a land-cover model folder whose classes are ``classes``;
     None for a plain encoder folder. Another class list is one line saying the head is not reused."""
-    from geossl.models.landcover import HEAD_META, load_landcover_model
-
     if folder.startswith("random:") or not (Path(folder) / HEAD_META).is_file():
         return None
     model = load_landcover_model(Path(folder))
@@ -141,8 +140,6 @@ def merged_backbone(net: ClassifierNet) -> nn.Module:
     """The backbone as plain timm: LoRA adapters folded into the weights (W + B A x alpha / r), peft removed.
 
     Works on a deep copy, so training (and a later resume) keeps its adapters."""
-    import copy
-
     backbone = net.encoder.backbone
     if not net.lora:
         return backbone

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import shapely
 from tqdm import tqdm
 
 from geossl.data.uris import expand_inputs
@@ -34,8 +35,6 @@ class SceneGrid:
 
     def footprint(self) -> Any:
         """The scene's outline as a shapely polygon in its CRS."""
-        import shapely
-
         corners = [self.transform @ (c, r) for c, r in ((0, 0), (self.width, 0), (self.width, self.height),
                                                         (0, self.height))]
         return shapely.Polygon(corners)

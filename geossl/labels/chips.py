@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from tqdm import tqdm
 
 from geossl.io import atomic_path, atomic_write_text
@@ -82,7 +83,6 @@ def _write_chip(path: Path, data: np.ndarray, valid: np.ndarray, scene: SceneGri
                 nodata: tuple[Any, ...], band_names: list[str]) -> None:
     """A lossless GeoTIFF of the window: the scene's dtype, CRS and geotransform; invalid pixels masked."""
     import rasterio
-    from affine import Affine
 
     count, height, width = data.shape
     shared = nodata[0] if nodata and all(v == nodata[0] for v in nodata) else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from geossl.labels.catalog import SceneGrid
 
@@ -65,7 +66,6 @@ class LabelRaster:
     def chip_majorities(self, scene: SceneGrid, tile: int) -> Iterator[tuple[int, int, int, float, float]]:
         """(row, col, majority class, purity, labelled fraction) for each whole chip of the scene's grid
         that the label raster touches; purity and majority count labelled pixels only."""
-        from affine import Affine
         from rasterio.enums import Resampling
         from rasterio.warp import reproject
 

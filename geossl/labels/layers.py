@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 
 from geossl.data.splits import SPLIT_NAMES
 from geossl.labels.options import SPLIT_COLUMN
@@ -138,7 +139,6 @@ def _repair_polygons(frame: Any) -> tuple[Any, int, int]:
     dropped). Only the polygonal parts of a repair are kept: a bow-tie becomes two triangles, but the
     stray lines ``make_valid`` may also return cannot hold a chip."""
     import geopandas as gpd
-    import shapely
 
     geoms = frame.geometry.to_numpy()
     invalid = ~shapely.is_valid(geoms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +64,6 @@ def parse_class_names(text: str | None) -> dict[int, str]:
         return {}
     path = Path(text)
     if path.is_file():
-        import csv
-
         with open(path, newline="") as fh:
             rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
         if rows and not rows[0][0].strip().lstrip("-").isdigit():

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from pyproj import Transformer
 
 from geossl.labels.catalog import SceneCatalog, SceneGrid
 from geossl.labels.layers import LabelLayer
@@ -95,8 +97,6 @@ def place_points(layer: LabelLayer, catalog: SceneCatalog, tile: int) -> Placeme
 
 def window_boxes(scene: SceneGrid, cols: np.ndarray, rows: np.ndarray, tile: int) -> Any:
     """Chip footprints (shapely polygons, scene CRS) of windows at pixel origins ``cols``/``rows``."""
-    import shapely
-
     corners = np.array([(0, 0), (tile, 0), (tile, tile), (0, tile), (0, 0)], dtype=np.float64)
     px = cols[:, None] + corners[None, :, 0]
     py = rows[:, None] + corners[None, :, 1]
@@ -109,8 +109,6 @@ def _polygon_windows(poly: Any, scene: SceneGrid, tile: int, min_overlap: float)
     """Non-overlapping chip windows on a grid anchored at the first whole pixel of the polygon's bounding
     box (less the overhang ``min_overlap`` allows), kept when the polygon covers at least ``min_overlap``
     of them."""
-    import shapely
-
     minx, miny, maxx, maxy = poly.bounds
     cols, rows = ~scene.transform @ (np.array([minx, maxx, minx, maxx]), np.array([miny, miny, maxy, maxy]))
     # whole pixels of the bounding box (a chip overhanging the polygon by a part-pixel would fail
@@ -134,8 +132,6 @@ def place_polygons(layer: LabelLayer, catalog: SceneCatalog, tile: int, per_poly
                    min_overlap: float, seed: int) -> Placement:
     """Chips inside each polygon (footprint covered by at least ``min_overlap``), in a seeded random
     order; up to ``per_polygon`` of them are kept once read and found valid."""
-    import shapely
-
     targets = _targets_from_layer(layer, need=per_polygon, centre_check=False)
     touched = np.zeros(len(targets), dtype=bool)
     small = np.zeros(len(targets), dtype=bool)
@@ -193,8 +189,6 @@ def place_raster_labels(label_raster: Path, catalog: SceneCatalog, tile: int, mi
 
 def _centres_to_lonlat(targets: list[Target], catalog: SceneCatalog) -> None:
     """Chip centres were taken in each scene's CRS; the split works in lon/lat."""
-    from pyproj import Transformer
-
     by_crs: dict[str, list[Target]] = {}
     for t in targets:
         by_crs.setdefault(catalog.scenes[t.candidates[0][0]].crs.to_wkt(), []).append(t)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pyproj import Transformer
 
 from geossl.data.splits import SPLIT_NAMES, stratified_split
 
@@ -48,7 +49,6 @@ def random_split(labels: Sequence[str] | np.ndarray, groups: np.ndarray, fractio
 def utm_blocks(lonlat: np.ndarray, block_size: float) -> tuple[np.ndarray, str]:
     """Integer (bx, by) block coordinates of each lon/lat point, and the UTM CRS they were taken in."""
     import geopandas as gpd
-    from pyproj import Transformer
 
     points = gpd.GeoSeries(gpd.points_from_xy(lonlat[:, 0], lonlat[:, 1]), crs="EPSG:4326")
     utm = points.estimate_utm_crs()

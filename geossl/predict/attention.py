@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from geossl.models.encoder import Encoder
 from geossl.plotting import save_png
+from geossl.predict.maps import percentiles, stretch_rgb
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import Attention
 
 
 def _last_attention(encoder: Encoder) -> Attention:
-    from timm.models.vision_transformer import VisionTransformer
-
     if not isinstance(encoder.backbone, VisionTransformer):  # e.g. Eva (DINOv3): RoPE is applied inside attention
         raise ValueError(f"{encoder.meta.timm_name}: attention maps are read from timm VisionTransformer blocks; "
                          f"{type(encoder.backbone).__name__} applies rotary position embeddings inside its attention")
@@ -102,8 +102,6 @@ def write_attention_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from geossl.predict.maps import percentiles, stretch_rgb
 
     bands = np.asarray(image, dtype=np.float32)[list(rgb)]
     if low is None or high is None:

@@ -8,7 +8,10 @@ from pathlib import Path
 from geossl.data.raster import parse_band_indices, raster_env
 from geossl.devices import pick_device
 from geossl.io import check_outputs
+from geossl.models.encoder import load_encoder
+from geossl.predict.attention import attention_maps, rgb_indices, write_attention_png
 from geossl.predict.common import ensure_out_dir
+from geossl.predict.tiles import image_header, image_inputs, read_tile
 
 MAX_SIDE = 1024  # attention is per tile; a whole scene would be a quadratic number of token pairs
 
@@ -25,10 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geossl.models.encoder import load_encoder
-    from geossl.predict.attention import attention_maps, rgb_indices, write_attention_png
-    from geossl.predict.tiles import image_header, image_inputs, read_tile
-
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: expected a .png file name")

@@ -19,8 +19,10 @@ from typing import Any
 from geossl.argtypes import positive_int
 from geossl.choices import BLENDS
 from geossl.data.raster import parse_band_indices
+from geossl.data.uris import expand_inputs
 from geossl.devices import pick_device
 from geossl.io import RunLock, atomic_path, check_outputs
+from geossl.models.encoder import load_encoder
 from geossl.predict.common import ensure_out_dir
 
 SERIES_CSV = "change_series.csv"
@@ -74,8 +76,6 @@ def plan_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def _one_scene(item: str, option: str) -> str:
-    from geossl.data.uris import expand_inputs
-
     found = expand_inputs([item])
     if len(found) != 1:
         raise ValueError(f"{option} {item}: matches {len(found)} rasters; give one scene")
@@ -106,7 +106,6 @@ def _load(args: argparse.Namespace, device: Any) -> Any:
         from geossl.models.landcover import load_landcover_model
 
         return load_landcover_model(Path(args.model), device=device)
-    from geossl.models.encoder import load_encoder
 
     return load_encoder(Path(args.encoder), device=device)
 

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.transform import Affine
+import rasterio
+from pyproj import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.transform import Affine, from_bounds
+from rasterio.vrt import WarpedVRT
 
 from geossl.data.uris import RASTER_EXTS, expand_inputs
 from geossl.io import atomic_path
@@ -91,8 +95,6 @@ def cell_area_ha(crs: Any, transform: Affine, row: int) -> float:
 @functools.lru_cache(maxsize=8)
 def _geod(wkt: str) -> Any:
     """The CRS's ellipsoid as a ``pyproj.Geod`` (parsed once per CRS, not once per map row)."""
-    from pyproj import CRS
-
     return CRS.from_user_input(wkt).get_geod()
 
 
@@ -111,11 +113,6 @@ def overview_onto(uri: str, bands: Sequence[int], crs: Any, bounds: Any, shape: 
         np.ndarray, np.ndarray]:
     """A decimated read of ``uri`` onto ``bounds`` (in ``crs``) at ``shape`` (h, w): (image, valid), so the
     second date of a preview shows exactly the ground of the first."""
-    import rasterio
-    from rasterio.enums import MaskFlags, Resampling
-    from rasterio.transform import from_bounds
-    from rasterio.vrt import WarpedVRT
-
     h, w = shape
     with rasterio.open(uri) as src:
         add_alpha = not any(MaskFlags.alpha in flags for flags in src.mask_flag_enums)  # else its own alpha
@@ -133,7 +130,6 @@ def write_change_preview(out_png: Path, before: str, after: str, rgb_bands: tupl
     Both dates share one stretch (the model's p2/p98, else the before scene's percentiles), so a change
     in brightness shows as one, rather than being stretched away."""
     import matplotlib.pyplot as plt
-    import rasterio
 
     image_a, valid_a, extent = read_overview(before, rgb_bands[0])
     with rasterio.open(before) as src:

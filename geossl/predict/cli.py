@@ -16,13 +16,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from tqdm.auto import tqdm
+
 from geossl.argtypes import positive_int
 from geossl.choices import BLENDS, INPUT_MODES, PROBS_DTYPES, RESCALES
 from geossl.data.raster import parse_band_indices
 from geossl.devices import pick_device
 from geossl.io import RunLock, check_outputs
+from geossl.models.landcover import load_landcover_model, model_hash
 from geossl.predict.common import ensure_out_dir
-from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, image_inputs, split_inputs
+from geossl.predict.scene import check_scene_options, scene_outputs
+from geossl.predict.stac import href_of
+from geossl.predict.tiles import CSV_NAME, GEOJSON_NAME, classify_tiles, image_inputs, split_inputs
+from geossl.scene.rescale import check_rescale
 
 if TYPE_CHECKING:
     from geossl.predict.manifest import Manifest, ScenePlan
@@ -87,9 +95,6 @@ def scenes_only_options(args: argparse.Namespace) -> str:
 
 def check_mosaic_crs(text: str) -> None:
     """Refuse a --mosaic-crs rasterio cannot read, in one line and before any work."""
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
     try:
         CRS.from_user_input(text)
     except CRSError as exc:
@@ -97,9 +102,6 @@ def check_mosaic_crs(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geossl.models.landcover import load_landcover_model
-    from geossl.scene.rescale import check_rescale
-
     start = time.perf_counter()
     device = pick_device(args.device)
     model = load_landcover_model(Path(args.model), device=device)
@@ -125,11 +127,7 @@ def run(args: argparse.Namespace) -> int:
 def _classify_into(args: argparse.Namespace, model: Any, device: str, out_dir: Path, start: float) -> int:
     """Plan the outputs (skip current scenes, refuse outputs that are not this run's to replace unless
     --overwrite: :mod:`geossl.predict.manifest`), classify tiles and scenes (folder locked); 1 when a scene failed."""
-    from geossl.models.landcover import model_hash
     from geossl.predict.manifest import MANIFEST_NAME, Manifest, pixel_options, plan_scenes
-    from geossl.predict.scene import check_scene_options, scene_outputs
-    from geossl.predict.stac import href_of
-    from geossl.predict.tiles import classify_tiles
 
     bands = parse_band_indices(args.bands, "--bands")
     uris = image_inputs(args.input)
@@ -245,6 +243,4 @@ def _map_scenes(args: argparse.Namespace, model: Any, out_dir: Path, plans: list
 
 def _scene_bar(total: int, quiet: bool) -> Any:
     """One progress bar over scenes (the workers draw none of their own)."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="scenes", unit="scene", disable=quiet)

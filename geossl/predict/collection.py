@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import io
 import json
 import math
 import os
@@ -38,10 +40,14 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
+import pystac
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.shutil import copy as copy_raster
+from rasterio.vrt import WarpedVRT
 
-from geossl.io import atomic_write_json, atomic_write_text
+from geossl.io import atomic_path, atomic_write_json, atomic_write_text
 from geossl.predict.change_outputs import cell_area_ha
 from geossl.predict.maps import NODATA_CLASS
 from geossl.predict.stac import link_href
@@ -82,7 +88,6 @@ def crs_label(crs: CRS | None) -> str:
     epsg = crs.to_epsg()
     if epsg is not None:
         return f"epsg{epsg}"
-    import hashlib
 
     return "crs" + hashlib.sha256(crs.to_wkt().encode()).hexdigest()[:8]
 
@@ -163,12 +168,7 @@ _VRT_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int
 def write_mosaic(out_dir: Path, maps: Sequence[SceneMap], crs: str | None = None) -> Path:
     """``mosaic.tif``: the class maps in one CRS (``crs``, default the most common among them) at
     the finest pixel size among them, as a COG; overlaps go to the first map in ``maps``' order."""
-    from rasterio.enums import Resampling
     from rasterio.merge import merge
-    from rasterio.shutil import copy as copy_raster
-    from rasterio.vrt import WarpedVRT
-
-    from geossl.io import atomic_path
 
     sources = [rasterio.open(m.files["classes"]) for m in maps]
     try:
@@ -238,7 +238,6 @@ def write_areas(out_dir: Path, maps: Sequence[SceneMap], classes: Sequence[str],
     if mosaic is not None:
         rows += [("mosaic", *area) for area in class_areas(mosaic, classes)]
     lines = [["map", "class", "pixels", "hectares"]] + [[s, c, str(p), f"{h:.4f}"] for s, c, p, h in rows]
-    import io
 
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(lines)
@@ -274,8 +273,6 @@ def mlm_fields(meta: Any, classes: Sequence[str], model_path: str | Path, dense:
 def write_collection(out_dir: Path, maps: Sequence[SceneMap], model_fields: dict[str, Any],
                      model_path: str | Path, extra_assets: dict[str, Path]) -> Path | None:
     """``collection.json`` over the maps' STAC Items (those written), extent from them; None without Items."""
-    import pystac
-
     items = [pystac.Item.from_dict(json.loads(m.files["stac"].read_text()))
              for m in maps if "stac" in m.files]
     if not items:

@@ -9,6 +9,9 @@ from geossl.argtypes import positive_int
 from geossl.choices import FEATURE_RECIPES, INPUT_MODES
 from geossl.data.raster import parse_band_indices
 from geossl.devices import pick_device
+from geossl.models.encoder import load_encoder
+from geossl.predict.embed import embed_inputs
+from geossl.predict.tiles import image_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geossl.models.encoder import load_encoder
-    from geossl.predict.embed import embed_inputs
-    from geossl.predict.tiles import image_inputs
-
     if not str(args.out).endswith(".parquet"):
         raise ValueError(f"--out {args.out}: expected a .parquet file name")
     device = pick_device(args.device)

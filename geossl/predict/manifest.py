@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geossl.data.s3 import s3_client
 from geossl.io import check_outputs
 from geossl.predict.common import unique_stems
 from geossl.predict.stac import href_of
@@ -69,8 +70,6 @@ def input_signature(uri: str) -> dict[str, Any]:
 
 
 def _s3_signature(uri: str) -> dict[str, Any]:
-    from geossl.data.s3 import s3_client
-
     bucket, _, key = uri[len("/vsis3/"):].partition("/")
     try:
         head = s3_client().head_object(Bucket=bucket, Key=key)

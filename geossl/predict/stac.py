@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pystac
 import rasterio
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
 from geossl.data.raster import raster_env
 from geossl.io import atomic_write_json
@@ -71,8 +74,6 @@ def link_href(uri: str | Path) -> str:
 def scene_item(outputs: dict[str, Path | None], scene: str, tags: dict[str, str],
                model_path: str | Path | None, now: dt.datetime | None = None) -> dict[str, Any]:
     """The STAC Item (a dict) describing the written outputs of one scene."""
-    import pystac
-
     classes_path = outputs["classes"]
     assert classes_path is not None
     now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -96,9 +97,6 @@ def raster_item(item_id: str, raster: Path, datetime: dt.datetime | None, props:
 
     ``datetime`` None is allowed when ``props`` carry ``start_datetime``/``end_datetime`` (a product
     spanning two dates, such as a change map), as STAC requires."""
-    import pystac
-    from pystac.extensions.projection import ProjectionExtension
-
     with rasterio.open(raster) as m:
         crs, transform, shape, bounds = m.crs, m.transform, (m.height, m.width), m.bounds
     ring = footprint_lonlat(transform, 0, 0, shape[1], shape[0], crs)
@@ -119,9 +117,6 @@ def raster_item(item_id: str, raster: Path, datetime: dt.datetime | None, props:
 def add_assets(item: Any, outputs: dict[str, Path | None], described: dict[str, tuple[str, list[str]]]) -> None:
     """One asset per written output named in ``described`` (key -> (title, roles)), href relative to the
     item; GeoTIFF assets get the raster extension's per-band description."""
-    import pystac
-    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
-
     for key, (title, roles) in described.items():
         path = outputs.get(key)
         if path is None:
@@ -165,8 +160,6 @@ def change_item(outputs: dict[str, Path | None], before: str, after: str, tags: 
                 now: dt.datetime | None = None) -> dict[str, Any]:
     """The STAC Item of a change map: it spans the two dates (``start_datetime``/``end_datetime``) when both
     are known (from the scenes' tags or file names), else it carries the processing time, flagged as for maps."""
-    import pystac
-
     score = outputs["score"]
     assert score is not None
     now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -29,6 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from rasterio.errors import RasterioError
+
+from geossl.models.landcover import load_landcover_model
+from geossl.predict.scene import classify_scene
+
 _MODEL: Any = None  # the worker's model, loaded once by _start_worker
 
 
@@ -62,10 +68,6 @@ def _stop_worker(signum: int, frame: Any) -> None:
 
 def _start_worker(model_path: str, device: str, threads: int) -> None:
     """Per-worker set-up: torch's threads, stops as above, and the model, loaded once."""
-    import torch
-
-    from geossl.models.landcover import load_landcover_model
-
     global _MODEL
     signal.signal(signal.SIGTERM, _stop_worker)
     signal.signal(signal.SIGINT, _stop_worker)
@@ -77,10 +79,7 @@ def classify_one(model: Any, uri: str, out_dir: Path, stem: str, replace: bool,
                  options: dict[str, Any]) -> SceneOutcome:
     """Map one scene; an expected failure (unreadable, truncated, wrong bands) becomes a ``failed``
     outcome with its one-line reason, anything else (a bug, an interrupt) propagates."""
-    from rasterio.errors import RasterioError
-
     from geossl.predict.manifest import one_line_reason
-    from geossl.predict.scene import classify_scene
 
     try:
         res = classify_scene(model, uri, out_dir, overwrite=replace, stem=stem, **options)

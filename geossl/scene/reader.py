@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.transform import Affine
+from rasterio.transform import Affine, array_bounds
 from rasterio.vrt import WarpedVRT
 from tqdm import tqdm
 
@@ -85,8 +85,6 @@ class ReadGrid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in the grid's CRS."""
-        from rasterio.transform import array_bounds
-
         west, south, east, north = array_bounds(self.height, self.width, self.transform)
         return west, south, east, north
 
