@@ -30,8 +30,10 @@ from geossl.settings import data_root  # noqa: E402
 TRAIN_IMAGES = 19_440  # EuroSAT RGB train split
 
 
-def train_throughput(encoder: str, config: str | None, overrides: list[str], steps: int = 8, skip: int = 3) -> float:
-    """Training images per second of the recipe's network and augmentation (synthetic batch, steady state)."""
+def train_throughput(encoder: str, config: str | None, overrides: list[str], steps: int = 8, skip: int = 3,
+                     size: int | None = None) -> float:
+    """Training images per second of the recipe's network and augmentation (synthetic batch, steady state),
+    at the encoder's tile size or, for the low-resolution part of progressive resizing, at ``size`` px."""
     import torch
 
     from geossl.finetune.augment import augment_batch, step_generator
@@ -50,6 +52,8 @@ def train_throughput(encoder: str, config: str | None, overrides: list[str], ste
         if i == skip:
             started = time.perf_counter()
         xa = augment_batch(x, step_generator(0, i), a.dihedral, tuple(a.crop_scale), tuple(a.crop_ratio), a.crop_p)
+        if size is not None:
+            xa = torch.nn.functional.interpolate(xa, size=(size, size), mode="bilinear", antialias=True)
         loss = torch.nn.functional.cross_entropy(net(xa), y)
         opt.zero_grad()
         loss.backward()
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     img_per_s = args.img_per_s or train_throughput(str(args.encoder), args.config, args.overrides)
     print(f"training throughput: {img_per_s:.1f} img/s", file=sys.stderr, flush=True)
+    img_per_s = with_progressive_resizing(img_per_s, args)
     rows: list[dict[str, Any]] = []
     baselines: dict[str, float] = {}
     if args.append and (args.out / "finetune_bench.json").is_file():
@@ -146,6 +151,25 @@ def main(argv: list[str] | None = None) -> int:
               f"wall {row['wall_s']:.0f} s  peak {row['peak_rss_mb']} MB", file=sys.stderr, flush=True)
     print(json.dumps(write(args, img_per_s, rows, baselines)))
     return 0
+
+
+def with_progressive_resizing(full_img_per_s: float, args: argparse.Namespace) -> float:
+    """The schedule's mean throughput when ``augment.low_res`` trains its first ``low_res_fraction`` of steps on
+    smaller tiles: both rates timed here (the full one given or timed), combined as time per image, so
+    the budget still buys the minutes it names."""
+    a = load_finetune_config(args.config, args.overrides).augment
+    if a.low_res is None or a.low_res_fraction == 0:
+        return full_img_per_s
+    if args.img_per_s:  # the full rate was given: time both here and keep their ratio, not this machine's load
+        ratio = (train_throughput(str(args.encoder), args.config, args.overrides, size=a.low_res)
+                 / train_throughput(str(args.encoder), args.config, args.overrides))
+    else:
+        ratio = train_throughput(str(args.encoder), args.config, args.overrides, size=a.low_res) / full_img_per_s
+    f = a.low_res_fraction
+    mean = 1 / (f / (ratio * full_img_per_s) + (1 - f) / full_img_per_s)
+    print(f"progressive resizing: {a.low_res} px for {f:.0%} of the steps, {ratio:.2f}x the full rate there; "
+          f"mean {mean:.1f} img/s", file=sys.stderr, flush=True)
+    return mean
 
 
 def write(args: argparse.Namespace, img_per_s: float, rows: list[dict[str, Any]],

@@ -87,13 +87,17 @@ class MinuteSnapshots(L.Callback):
 
 
 def plot_curve(path: Path, points: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], title: str) -> None:
-    """Test top-1 against minutes: linear (solid) and k-NN (dashed); baselines as horizontal lines."""
+    """Test top-1 against minutes: linear (solid), k-NN on the final CLS (dashed) and on the probe's features
+    (dotted, probes that recorded it); baselines as horizontal lines."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [p["minutes"] for p in points]
     ax.plot(x, [100 * p["linear_top1"] for p in points], "o-", color="C0", label="DINO encoder, linear")
-    ax.plot(x, [100 * p["knn_top1"] for p in points], "s--", color="C0", label="DINO encoder, k-NN")
+    ax.plot(x, [100 * p["knn_top1"] for p in points], "s--", color="C0", label="DINO encoder, k-NN (final CLS)")
+    if all(p.get("knn_features_top1") is not None for p in points):
+        ax.plot(x, [100 * p["knn_features_top1"] for p in points], "^:", color="C0",
+                label="DINO encoder, k-NN (probe features)")
     for (name, b), colour in zip(baselines.items(), ("C1", "C2", "C3"), strict=False):
         label = name.replace("-", " ")
         ax.axhline(100 * b["linear_top1"], color=colour, ls="-", lw=1, label=f"{label}, linear")
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, snap in enumerate(sorted(snaps.taken, key=lambda t: t["mark"])):
         metrics = probe_snapshot(snap, root, args, first=i == 0)
         baselines = baselines or metrics.get("baselines", {})
-        points.append({**snap, "linear_top1": metrics["linear_top1"], "knn_top1": metrics["knn_top1"]})
+        points.append({**snap, "linear_top1": metrics["linear_top1"], "knn_top1": metrics["knn_top1"],
+                       "knn_features_top1": metrics.get("knn_features_top1")})
         print(f"learning curve: {snap['minutes']:.1f} min (step {snap['step']}): linear {metrics['linear_top1']:.1%} "
               f"k-NN {metrics['knn_top1']:.1%}", file=sys.stderr, flush=True)
     if not points:
@@ -188,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "learning_curve", "config": args.config, "overrides": args.overrides, "sizing": plan["sizing"],
         "img_per_s": round(plan["img_per_s"], 1), "machine": machine(), "points": points,
         "complete": len(points) == len(marks),
-        "baselines": {k: {"linear_top1": v["linear_top1"], "knn_top1": v["knn_top1"]} for k, v in baselines.items()},
+        "baselines": {k: {"linear_top1": v["linear_top1"], "knn_top1": v["knn_top1"],
+                          "knn_features_top1": v.get("knn_features_top1")} for k, v in baselines.items()},
         "test_count": metrics["counts"]["test"]["total"],
     }
     plot_curve(args.run_dir / "learning_curve.png", points, result["baselines"],

@@ -139,7 +139,7 @@ def baseline_features(kind: str, enc_dir: Path, table: SplitTable, recipe: str, 
 def _baseline_report(f: Features, res: dict[str, Any], recipe: str) -> dict[str, Any]:
     described = (f"{len(BAND_STAT_NAMES)} statistics per band ({', '.join(BAND_STAT_NAMES)}); k-NN on z-scores"
                  if f.encoder_dir is None else f"same architecture, random init ({recipe})")
-    return {"linear_top1": res["linear_top1"], "knn_top1": res["knn_top1"],
+    return {"linear_top1": res["linear_top1"], "knn_top1": res["knn_top1"], "knn_features_top1": res["knn_features_top1"],
             "linear_val_top1": res["linear"]["val_top1"], "weight_decay": res["linear"]["chosen"]["weight_decay"],
             "feature_dim": int(f.all.shape[1]), "features": described,
             "encoder_dir": str(f.encoder_dir) if f.encoder_dir else None}
@@ -167,8 +167,14 @@ def _fit_eval(f: Features, table: SplitTable, train_idx: np.ndarray, opts: Probe
     t1 = time.perf_counter()
     knn_scores = knn_predict(f.knn[train_idx].to(dev), y[train_idx], f.knn[test_idx].to(dev), k_cls,
                              k=opts.k, temperature=opts.temperature).cpu()
+    # The same vote on the whole feature vector the linear head sees (e.g. last4_avgpool_cls): DINO's k-NN
+    # protocol uses the final CLS, but a user who keeps the probe's features wants their neighbours too.
+    knn_all = knn_scores if f.all.shape[1] == f.knn.shape[1] else knn_predict(
+        f.all[train_idx].to(dev), y[train_idx], f.all[test_idx].to(dev), k_cls, k=opts.k,
+        temperature=opts.temperature).cpu()
     return {"head": head, "linear": info, "test_logits": test_logits, "knn_scores": knn_scores,
             "linear_top1": top1(test_logits, y[test_idx]), "knn_top1": top1(knn_scores, y[test_idx]),
+            "knn_features_top1": top1(knn_all, y[test_idx]),
             "linear_seconds": t1 - t0, "knn_seconds": time.perf_counter() - t1}
 
 
@@ -281,6 +287,7 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "linear_top1": res["linear_top1"],
         "knn_top1": res["knn_top1"],
+        "knn_features_top1": res["knn_features_top1"],
         "linear_val_top1": res["linear"]["val_top1"],
         "macro_f1": report["macro_f1"],
         "split": "test",
@@ -297,6 +304,8 @@ def run_probe(opts: ProbeOptions) -> dict[str, Any]:
                    "macro_recall": report["macro_recall"]},
         "knn": {"k": opts.k, "k_used": min(opts.k, int(table.indices("train").size)),
                 "temperature": opts.temperature, "features": "cls (final block, L2-normalised, cosine)",
+                "features_top1": res["knn_features_top1"], "features_note": f"knn_features_top1: the same vote on "
+                f"the {recipe} features the linear head sees",
                 "per_class": per_class_report(knn_cm, table.classes)["per_class"]},
         "baselines": baselines,
         "gain_over_best_baseline": gain_over_baselines(res["linear_top1"], res["knn_top1"], baselines),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
 from encoder_helpers import RGB_MEAN, RGB_STD, make_encoder, make_patches
 
@@ -197,3 +198,36 @@ def test_bench_quality_reuse_prints_json_last(tmp_path: Path, capsys: pytest.Cap
     assert (run / "probe" / "metrics.json").is_file() and (run / "probe" / "model").is_dir()
     with pytest.raises(SystemExit, match="summary.json not found"):
         quality.main(["--config", "c.yaml", "--run-dir", str(tmp_path / "empty"), "--reuse"])
+
+
+def test_knn_on_the_probe_features_matches_a_brute_force_vote(tmp_path: Path) -> None:
+    """``knn_features_top1``: DINO's weighted vote (k=20, T=0.07, cosine) on the whole feature vector the linear
+    head sees, checked against a loop written here on the cached features; ``knn_top1`` stays on the final CLS."""
+    data = make_patches(tmp_path / "data", n_per_class=12)
+    enc = make_encoder(tmp_path / "enc", img_size=16, embed_dim=48, seed=5)
+    rc = main(["probe", "--encoder", str(enc), "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(tmp_path / "out"), "--workers", "0", "--device", "cpu", "--weight-decays", "1e-2"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    split_rows = pd.read_csv(tmp_path / "out" / "splits.csv")
+    feats = safetensors.torch.load_file(metrics["cache"]["path"])["features"].double()
+    classes = sorted(split_rows["label"].unique())
+    labels = np.array([classes.index(c) for c in split_rows["label"]])
+    train, test = np.flatnonzero(split_rows["split"] == "train"), np.flatnonzero(split_rows["split"] == "test")
+
+    def vote(x: torch.Tensor) -> float:
+        x = x / x.norm(dim=1, keepdim=True)
+        right = 0
+        for q in test:
+            sims = [(float(x[q] @ x[t]), t) for t in train]
+            top = sorted(sims, reverse=True)[:20]
+            scores = np.zeros(len(classes))
+            for s, t in top:
+                scores[labels[t]] += np.exp(s / 0.07)
+            right += int(scores.argmax() == labels[q])
+        return right / len(test)
+
+    assert feats.shape[1] == metrics["feature_dim"] > 48
+    assert metrics["knn_features_top1"] == pytest.approx(vote(feats))
+    assert metrics["knn_top1"] == pytest.approx(vote(feats[:, -48:]))
+    assert metrics["baselines"]["band-statistics"]["knn_features_top1"] == metrics["baselines"]["band-statistics"]["knn_top1"]
