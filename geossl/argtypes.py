@@ -22,3 +22,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def fraction(text: str) -> float:
+    """``type=`` for shares that must lie in [0, 1] (``--max-bad-fraction``): a percentage typed as 5 or a
+    typo is refused while the arguments are parsed, naming the option, not after the sampling."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value

@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from geossl.cloud.container import finished_local_job
 from geossl.cloud.job_config import ConfigError, load_job_config, resolve_aws
 from geossl.config import load_config
+from geossl.io import RunLock
 from geossl.settings import REPO_ROOT, resolve_data_path
 
 
@@ -28,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     launch = sub.add_parser("launch", help="create a SageMaker training job (needs geossl[sagemaker])",
                             description="Create a SageMaker training job that runs geossl pretraining.")
     local = sub.add_parser("local", help="run the container entry point here, as SageMaker would",
-                           description="Run sagemaker/train.py here with an /opt/ml-like tree and SM_* variables.")
+                           description="Run sagemaker/train.py here with an /opt/ml-like tree and SM_* variables. "
+                                       "Running it again on the same --root resumes an interrupted job; a "
+                                       "finished one is refused (nothing is overwritten): pass a new --root "
+                                       "or run_name=NAME to train again.")
     for p in (launch, local):
         p.add_argument("--config", required=True, help="job YAML (e.g. configs/sagemaker_dino.yaml)")
         p.add_argument("overrides", nargs="*",
@@ -38,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--data", help="local folder standing in for input.s3_uri (default: the training config's "
                                       "first data path)")
     local.add_argument("--root", help="the /opt/ml stand-in (default: runs/sagemaker-local/RUN_NAME); "
-                                      "its checkpoints/ persist, so running again resumes like a spot restart")
+                                      "its checkpoints/ persist, so running again resumes an interrupted job "
+                                      "like a spot restart; a finished job there is refused, not overwritten")
     local.add_argument("--nproc", type=int, default=2, help="torchrun processes (CPU); 0 = no torchrun (default 2)")
 
 
@@ -80,6 +86,27 @@ def local_command(nproc: int, args: list[str]) -> list[str]:
             "--master_addr=127.0.0.1", f"--master_port={_free_port()}", entry, *args]
 
 
+def refuse_finished(root: Path, explicit_root: bool) -> None:
+    """One line, before anything starts, when ``root`` holds a finished job: a finished run cannot be resumed,
+    and rerunning the entry point on it died with a traceback naming options this command does not have.
+    The hint names what does start a new run here: another --root (and, when the root is the default
+    runs/sagemaker-local/RUN_NAME, another run_name)."""
+    done = finished_local_job(root)
+    if done is not None:
+        other = "a new --root" if explicit_root else "a new --root or run_name=NEW_NAME"
+        raise FileExistsError(f"{root}: already holds a finished job ({done.relative_to(root)}), which cannot be "
+                              f"resumed; pass {other} to train again (nothing was overwritten)")
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """The job's exit code; a SIGTERM sent to this command is passed on (SageMaker's stop / spot interruption)."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _local(args: argparse.Namespace) -> int:
     from geossl.cloud.container import hyperparameters_to_args, prepare_local_tree
     from geossl.cloud.launcher import hyperparameters, resolve_training_config
@@ -96,16 +123,13 @@ def _local(args: argparse.Namespace) -> int:
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data {data_dir}: not a folder")
     root = Path(args.root or Path("runs") / "sagemaker-local" / cfg.run_name).resolve()
-    env = prepare_local_tree(root, hps, channel, Path(data_dir) if data_dir else None, REPO_ROOT,
-                             job_name=f"{cfg.run_name}-local")
-    cmd = local_command(args.nproc, hyperparameters_to_args(hps))
-    print(f"geossl sagemaker local: {shlex.join(cmd)}\n  (cwd {REPO_ROOT}, /opt/ml -> {root})", file=sys.stderr)
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env})
-    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-    try:
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with RunLock(root, "geossl sagemaker local", "--root"):
+        refuse_finished(root, explicit_root=bool(args.root))
+        env = prepare_local_tree(root, hps, channel, Path(data_dir) if data_dir else None, REPO_ROOT,
+                                 job_name=f"{cfg.run_name}-local")
+        cmd = local_command(args.nproc, hyperparameters_to_args(hps))
+        print(f"geossl sagemaker local: {shlex.join(cmd)}\n  (cwd {REPO_ROOT}, /opt/ml -> {root})", file=sys.stderr)
+        code = _wait(subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **env}))
     failure = root / "output" / "failure"
     if code != 0 and failure.is_file():
         print(f"job failed; {failure}:\n{failure.read_text()}", file=sys.stderr)

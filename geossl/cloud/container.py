@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geossl.io import atomic_write_text
+from geossl.io import atomic_write_text, read_json
 
 OPT_ML = "/opt/ml"
 RESERVED_HPS = ("config", "overrides", "channel", "data", "resume", "task")
@@ -32,6 +32,10 @@ CHANNEL_VAR_RE = re.compile(r"\$\{?(SM_CHANNEL_[A-Z0-9_]+)\}?")
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as ``geossl pretrain``
 FAILURE_FIRST_LINE_MAX = 700  # SageMaker keeps the first 1024 characters as FailureReason
 FAILURE_MAX = 8192  # the rest (abridged traceback) is for whoever opens the file
+# How a job's user starts a new run, named in pretraining's refusals instead of `geossl pretrain`'s --run-dir:
+# jobs of one run_name share checkpoints; `geossl sagemaker local` keeps a run's /opt/ml stand-in in --root.
+NEW_RUN = "a new run_name (geossl sagemaker local: or a new --root)"
+MODEL_META = "geossl.json"  # in the model dir: written by a finished job only (an encoder or a land-cover model)
 
 
 @dataclass
@@ -265,7 +269,7 @@ def run(hps: Mapping[str, Any], env: Mapping[str, str], paths: ContainerPaths) -
         print(f"geossl-sagemaker: {spec.notes[0]}; checkpoints={paths.checkpoint_dir} (resume={spec.resume}); "
               f"model={paths.model_dir}", flush=True)
     summary = pretrain(cfg, paths.output_data_dir / "run", checkpoint_dir=paths.checkpoint_dir,
-                       export_dir=paths.model_dir, resume=spec.resume)
+                       export_dir=paths.model_dir, resume=spec.resume, new_run=NEW_RUN)
     status = summary.get("status")
     if rank0:
         print(f"geossl-sagemaker: {status}: steps={summary.get('steps')} epochs={summary.get('epochs')} "
@@ -285,7 +289,7 @@ def run_finetune_job(hps: Mapping[str, Any], env: Mapping[str, str], paths: Cont
     ``encoder`` channel. The run folder lives in the checkpoint folder (synced to S3), so a restarted spot
     job resumes it bitwise; the land-cover model folder goes to the model dir, the reports to output data."""
     from geossl.finetune.config import load_finetune_config
-    from geossl.finetune.run import FinetuneOptions, run_finetune
+    from geossl.finetune.run import OUTPUTS, FinetuneOptions, run_finetune
 
     config_path = _config_path(hps, paths)
     folder, note = channel_folder(hps, env)
@@ -298,6 +302,10 @@ def run_finetune_job(hps: Mapping[str, Any], env: Mapping[str, str], paths: Cont
     user = [expand_channel_vars(text, env) for text in hyperparameter_overrides(hps)]
     cfg = load_finetune_config(config_path, [*([] if _cuda_available() else ["trainer.accelerator=cpu"]), *user])
     out = paths.checkpoint_dir / "finetune"
+    done = [out / name for name in OUTPUTS if (out / name).exists()]
+    if done:  # before run_finetune, whose refusal names --overwrite / --out, options a job does not have
+        raise FileExistsError(f"{done[0]}: this run's fine-tune has finished; use {NEW_RUN} to train again "
+                              "(nothing was overwritten)")
     print(f"geossl-sagemaker: finetune config={config_path} overrides={user}; {note}; encoder={encoder}; "
           f"run folder={out}", flush=True)
     metrics = run_finetune(FinetuneOptions(encoder=encoder, out=out, cfg=cfg, data=Path(folder), baselines="none"))
@@ -338,6 +346,23 @@ def hyperparameters_to_args(hps: Mapping[str, Any]) -> list[str]:
     for key, value in hps.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return args
+
+
+def finished_local_job(root: Path) -> Path | None:
+    """The file showing that the /opt/ml stand-in ``root`` of ``geossl sagemaker local`` holds a finished job,
+    else None.
+
+    Its model dir, checkpoints and outputs persist between runs (so running again resumes an interrupted
+    job, like a spot restart); a finished job cannot be resumed, and running the entry point on it again
+    died with a traceback naming ``--export-dir``, an option ``sagemaker local`` does not have. Checked before
+    anything starts: the model dir holds a finished job's encoder or model; a pretraining's summary says
+    finished; a fine-tune's run folder (in the checkpoints) holds its metrics.
+    """
+    summary = root / "output" / "data" / "run" / "summary.json"
+    finished_summary = summary.is_file() and read_json(summary).get("status") == "finished"
+    candidates = [(root / "model" / MODEL_META, True), (summary, finished_summary),
+                  (root / "checkpoints" / "finetune" / "metrics.json", True)]
+    return next((path for path, finished in candidates if finished and path.is_file()), None)
 
 
 def prepare_local_tree(root: Path, hps: Mapping[str, Any], channel: str | None, data_dir: Path | None,

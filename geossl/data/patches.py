@@ -161,7 +161,7 @@ class PatchDataset(torch.utils.data.Dataset):
                 splits = list(stratified_split(labels, seed=seed))
             keep = np.flatnonzero(np.asarray(splits) == split)
             if keep.size == 0:
-                available = sorted(set(splits))
+                available = sorted({str(s) for s in splits})  # plain str, not np.str_('train')
                 raise ValueError(f"{table}: split {split!r} is empty (splits present: {available})")
             paths = [paths[k] for k in keep]
             labels = labels[keep]

@@ -82,9 +82,12 @@ def read_label_csv(csv_path: Path) -> tuple[list[str], list[str], list[str] | No
 
 
 def check_split_leaks(paths: list[str] | list[Path], splits: list[str], source: str | Path) -> None:
-    """Refuse a file listed in two different splits: it would leak test (or val) data into training."""
+    """Refuse a file listed in two different splits: it would leak test (or val) data into training.
+
+    ``splits`` may hold numpy strings (a split column read into an array): each is made a plain ``str``
+    first, so the message says ``'train'``, not ``np.str_('train')``."""
     first: dict[str, str] = {}
-    for path, split in zip(map(str, paths), splits, strict=True):
+    for path, split in zip(map(str, paths), map(str, splits), strict=True):
         if not split:  # a row without a split is left out, never evaluated
             continue
         seen = first.setdefault(path, split)

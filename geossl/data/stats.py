@@ -144,6 +144,7 @@ def compute_stats(
     seed: int = 0,
     max_values: int = 4_000_000,
     max_bad_fraction: float = 0.01,
+    bad_fraction_setting: str = "max_bad_fraction",
 ) -> BandStats:
     """Per-band mean, std, 2nd/98th percentiles in raw units over a sample, ignoring nodata/NaN pixels.
 
@@ -152,7 +153,9 @@ def compute_stats(
     sample; percentiles use at most ``max_values`` pixels per band (a random subset), so memory stays
     bounded whatever the tile size. A bad patch file (unreadable, truncated, another band count, dtype or
     mode) is left out and listed in ``skipped_files``; more than ``max_bad_fraction`` of the sample stops
-    with the list.
+    with the list. ``bad_fraction_setting`` is how the caller's user sets that share (``--max-bad-fraction``
+    for ``geossl stats``, ``data.max_bad_fraction`` for pretraining): the error names it, so its hint is
+    always a setting the command that printed it has.
     """
     from geossl.data.patches import BadPatchError, PatchDataset, bad_files_message
 
@@ -193,7 +196,7 @@ def compute_stats(
         except BadPatchError as exc:  # patches only: scenes report their own read problems
             skipped[str(exc.path)] = f"{exc.kind}: {exc.problem}"
             if len(skipped) > max_bad_fraction * n_items:
-                raise ValueError(bad_files_message(skipped, n_items, max_bad_fraction, "max_bad_fraction",
+                raise ValueError(bad_files_message(skipped, n_items, max_bad_fraction, bad_fraction_setting,
                                                    "sampled patch files")) from None
             continue
         image = item["image"].numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geossl.argtypes import fraction
 from geossl.data.raster import parse_band_indices
 from geossl.data.stats import compute_stats
 from geossl.io import check_outputs
@@ -20,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["auto", "scenes", "patches"], default="auto",
                         help="what --input holds (auto: patches for a CSV or class folders, else scenes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-bad-fraction", type=fraction, default=0.01,
+                        help="share of sampled patch files that may be unreadable or not match the others "
+                             "(skipped and listed in the JSON) before stats stops (default 0.01)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
@@ -31,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([Path(args.out)], args.overwrite)
     source = args.input if len(args.input) > 1 else args.input[0]
     stats = compute_stats(source, kind=args.kind, bands=bands, n_tiles=args.tiles,
-                          tile_size=args.tile_size, seed=args.seed)
+                          tile_size=args.tile_size, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
+                          bad_fraction_setting="--max-bad-fraction")
     stats.save(args.out)
 
     def fmt(values: list[float]) -> str:

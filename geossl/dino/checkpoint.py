@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from geossl.io import atomic_path
+from geossl.io import as_write_error, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,16 @@ _NUMPY_CORE = ("numpy._core", "numpy.core")
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file, fsync, rename: a SIGTERM or crash mid-write never leaves a broken
-    ``last.ckpt`` behind. Load with ``weights_only=True``: checkpoints hold tensors and plain types only."""
+    ``last.ckpt`` behind; a failed write (a full disk) is one :class:`~geossl.io.WriteError` naming the
+    checkpoint. Load with ``weights_only=True``: checkpoints hold tensors and plain types only."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         with atomic_path(path, suffix=".ckpt") as tmp:
-            torch.save(checkpoint, tmp)
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as exc:  # torch's C++ writer: "[enforce fail at inline_container.cc:672] .
+                # unexpected pos 576 vs 534", no path and no errno even for a full disk
+                raise as_write_error(exc, Path(path), tmp) from exc
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint_file(path)

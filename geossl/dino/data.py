@@ -103,7 +103,7 @@ def resolve_stats(cfg: Config, band_count: int) -> BandStats:
 
         stats = compute_stats(resolved_paths(cfg), kind=cfg.data.kind, bands=cfg.data.bands,
                               tile_size=cfg.data.tile_size, seed=cfg.seed,
-                              max_bad_fraction=cfg.data.max_bad_fraction)
+                              max_bad_fraction=cfg.data.max_bad_fraction, bad_fraction_setting="data.max_bad_fraction")
     if stats.count != band_count:
         raise ValueError(
             f"band statistics have {stats.count} bands ({cfg.data.stats or 'computed'}) but the data has {band_count}"

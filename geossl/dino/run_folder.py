@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from geossl.io import RunLock
+from geossl.io import RunLock, describe_os_error
 
 __all__ = ["RunLock", "check_writable", "clean_partial_files", "is_launching_process", "prune_checkpoints"]
 
@@ -70,14 +69,6 @@ def check_writable(*folders: Path, create: bool = True) -> None:
             probe.unlink()
         except OSError as exc:
             raise OSError(exc.errno, f"{folder}: cannot write here ({describe_os_error(exc)})") from None
-
-
-def describe_os_error(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "no permission to write (read-only folder or file system)"
-    return exc.strerror or str(exc)
 
 
 def prune_checkpoints(directory: Path, keep_last: int, keep_every: int, every_steps: int) -> list[Path]:
@@ -140,7 +131,8 @@ class AppendingCSVLogger(CSVLogger):
 OWNER_FILE = ".geossl-run"  # in a checkpoint folder outside its run folder: which run it belongs to
 
 
-def claim_outside_folders(run_dir: Path, checkpoint_dir: Path, export_dir: Path) -> list[RunLock]:
+def claim_outside_folders(run_dir: Path, checkpoint_dir: Path, export_dir: Path,
+                          new_run: str | None = None) -> list[RunLock]:
     """Locks and checks for ``--checkpoint-dir`` / ``--export-dir`` outside the run folder (SageMaker's
     layout); the caller releases the returned locks.
 
@@ -149,6 +141,8 @@ def claim_outside_folders(run_dir: Path, checkpoint_dir: Path, export_dir: Path)
     another run's encoder was overwritten at the end. A checkpoint folder records the run folder that owns
     it (``.geossl-run``, written on first use; the same run folder on a restarted spot job matches) and is
     refused to any other; an export folder that already holds an encoder is refused before any training.
+    The refusals name ``--checkpoint-dir`` / ``--export-dir`` (``geossl pretrain``'s options), or ``new_run``
+    when the caller's command has no such option (a SageMaker job: a new run_name).
     """
     run_dir = Path(run_dir).resolve()
     locks: list[RunLock] = []
@@ -164,13 +158,14 @@ def claim_outside_folders(run_dir: Path, checkpoint_dir: Path, export_dir: Path)
                 owner = "an unknown run"  # checkpoints without an owner: not provably this run's
             if owner is not None and owner != str(run_dir):
                 raise FileExistsError(f"--checkpoint-dir {checkpoint_dir}: holds the checkpoints of {owner}, not "
-                                      f"of {run_dir}; choose another --checkpoint-dir (nothing was changed)")
+                                      f"of {run_dir}; use {new_run or 'another --checkpoint-dir'} "
+                                      "(nothing was changed)")
             owner_file.write_text(f"{run_dir}\n")
         export_dir = Path(export_dir).resolve()
         held = [name for name in ("geossl.json", "model.safetensors") if (export_dir / name).exists()]
         if not export_dir.is_relative_to(run_dir) and held:
-            raise FileExistsError(f"--export-dir {export_dir}: already holds an encoder ({held[0]}); choose "
-                                  "another --export-dir (nothing was overwritten)")
+            raise FileExistsError(f"--export-dir {export_dir}: already holds an encoder ({held[0]}); use "
+                                  f"{new_run or 'another --export-dir'} (nothing was overwritten)")
     except BaseException:
         for lock in locks:
             lock.release()

@@ -55,10 +55,9 @@ from geossl.dino.run_folder import (
     check_writable,
     claim_outside_folders,
     clean_partial_files,
-    describe_os_error,
     is_launching_process,
 )
-from geossl.io import atomic_write_json, atomic_write_text, read_json
+from geossl.io import atomic_write_json, atomic_write_text, describe_os_error, read_json, write_error_in
 from geossl.models.encoder import export_encoder
 
 if TYPE_CHECKING:
@@ -83,8 +82,12 @@ def _precision(cfg: Config, accelerator: str) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def check_resume_compatible(ckpt: Path, module_args: dict[str, Any]) -> None:
-    """A checkpoint of another architecture or band count is refused with the difference named."""
+NEW_RUN_DIR = "a new --run-dir"  # how a ``geossl pretrain`` user starts afresh; other callers name their own
+
+
+def check_resume_compatible(ckpt: Path, module_args: dict[str, Any], new_run: str = NEW_RUN_DIR) -> None:
+    """A checkpoint of another architecture or band count is refused with the difference named (and
+    ``new_run``: how the caller's user starts a new run, an option their command has)."""
     hparams = load_checkpoint_file(ckpt).get("hyper_parameters", {})
     # Defaults filled in first: a key added to geossl since the checkpoint was written is not a difference.
     old_cfg = config_from_dict(hparams.get("config", {}), str(ckpt)).to_dict()
@@ -92,23 +95,29 @@ def check_resume_compatible(ckpt: Path, module_args: dict[str, Any]) -> None:
     for section in ("model", "head"):
         if old_cfg.get(section) != new_cfg[section]:
             raise ValueError(f"{ckpt}: checkpoint was trained with {section}={old_cfg.get(section)}, "
-                             f"the config asks for {section}={new_cfg[section]}; use a new --run-dir")
+                             f"the config asks for {section}={new_cfg[section]}; use {new_run}")
     if hparams.get("in_chans") != module_args["in_chans"]:
         raise ValueError(f"{ckpt}: checkpoint has {hparams.get('in_chans')} input bands, the data has "
                          f"{module_args['in_chans']}")
 
 
-def _resume_point(run_dir: Path, checkpoint_dir: Path, resume: str) -> Path | None:
+def _resume_point(run_dir: Path, checkpoint_dir: Path, resume: str, new_run: str = NEW_RUN_DIR) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), or a refusal whose hint fits the folder.
+
+    A finished run is refused whatever ``resume`` says (its encoder and summary are never replaced), and
+    its hint never offers ``--resume auto``: resuming cannot continue a finished run, training on from
+    its weights in a new run (``model.init``) can. Only an unfinished run is offered ``--resume auto``.
+    """
     summary_path = run_dir / "summary.json"
-    finished = summary_path.exists() and read_json(summary_path).get("status") == "finished"
+    if summary_path.exists() and read_json(summary_path).get("status") == "finished":
+        raise FileExistsError(f"{run_dir}: already holds a finished run (summary.json), which cannot be resumed; "
+                              f"use {new_run} (model.init={run_dir} trains on from its weights; "
+                              "nothing was overwritten)")
     if resume == "never":
-        if finished or find_resume_checkpoint(checkpoint_dir):
-            raise FileExistsError(f"{run_dir}: already holds a run (checkpoints or summary.json); "
-                                  "use --resume auto to continue it or choose a new --run-dir")
+        if find_resume_checkpoint(checkpoint_dir):
+            raise FileExistsError(f"{run_dir}: already holds an unfinished run (checkpoints); "
+                                  f"use --resume auto to continue it, or {new_run}")
         return None
-    if finished:  # auto or an explicit checkpoint: a finished run's encoder and summary are never replaced
-        raise FileExistsError(f"{run_dir}: already holds a finished run (summary.json); "
-                              "choose a new --run-dir (nothing was overwritten)")
     if resume == "auto":
         return find_resume_checkpoint(checkpoint_dir)
     ckpt = Path(resume)
@@ -122,6 +131,7 @@ class RunPaths:
     run_dir: Path
     checkpoint_dir: Path
     export_dir: Path
+    new_run: str = NEW_RUN_DIR  # named in refusals: how this caller's user starts a new run
 
 
 def pretrain(
@@ -132,22 +142,26 @@ def pretrain(
     export_dir: str | os.PathLike[str] | None = None,
     resume: str = "auto",
     callbacks: list[L.Callback] | None = None,
+    new_run: str = NEW_RUN_DIR,
 ) -> dict[str, Any]:
     """Pretrain a ViT with DINO as ``cfg`` says; returns a summary (``status`` finished | interrupted).
 
     ``callbacks`` are added to the Trainer's (e.g. your own logging); the run folder is locked for the
     run, and refused or resumed, never silently overwritten (``resume``: auto | never | a checkpoint path).
+    ``new_run`` is how the caller's user starts a new run ("a new --run-dir" for ``geossl pretrain``, a new
+    run_name for a SageMaker job), named in a refusal so its hint is an option the user's command has.
     """
     started = time.perf_counter()
     run = Path(run_dir)
     paths = RunPaths(run, Path(checkpoint_dir) if checkpoint_dir else run / "checkpoints",
-                     Path(export_dir) if export_dir else run / "encoder")
+                     Path(export_dir) if export_dir else run / "encoder", new_run)
     locks = [RunLock(run)] if is_launching_process() else []
     try:
         for lock in locks:
             lock.acquire()
         if locks:
-            locks += claim_outside_folders(run, paths.checkpoint_dir, paths.export_dir)
+            locks += claim_outside_folders(run, paths.checkpoint_dir, paths.export_dir,
+                                           None if new_run == NEW_RUN_DIR else new_run)
         return _pretrain_locked(with_init_architecture(cfg), paths, resume, list(callbacks or []), started)
     finally:
         for lock in reversed(locks):
@@ -157,7 +171,7 @@ def pretrain(
 def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: list[L.Callback],
                      started: float) -> dict[str, Any]:
     accelerator = _accelerator(cfg)
-    ckpt = _resume_point(paths.run_dir, paths.checkpoint_dir, resume)
+    ckpt = _resume_point(paths.run_dir, paths.checkpoint_dir, resume, paths.new_run)
     if is_launching_process():
         check_writable(paths.run_dir, paths.checkpoint_dir)
         check_writable(paths.export_dir, create=False)  # a read-only export folder, found now, not after training
@@ -177,7 +191,7 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
         "value_range": list(vrange) if vrange else None,
     }
     if ckpt is not None:
-        check_resume_compatible(ckpt, module_args)
+        check_resume_compatible(ckpt, module_args, paths.new_run)
     module = DINOModule(**module_args)
     init_report = initialize_from_encoder(module.model, cfg, stats) if cfg.model.init and ckpt is None else None
 
@@ -284,9 +298,12 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: L.L
         except SIGTERMException:
             return "interrupted"
         except OSError as exc:
-            where = exc.filename or checkpoint_dir
-            raise OSError(exc.errno, f"{where}: write failed ({describe_os_error(exc)}); "
-                                     "the newest complete checkpoint is kept for --resume") from None
+            # A WriteError names the checkpoint and why (atomic_path), even when Lightning's clean-up then
+            # failed on the same full disk; any other error, the folder.
+            first = write_error_in(exc)
+            what = (f"{first.filename}: {first.strerror}" if first is not None
+                    else f"{exc.filename or checkpoint_dir}: write failed ({describe_os_error(exc)})")
+            raise OSError((first or exc).errno, f"{what}; the newest complete checkpoint is kept for --resume") from None
     return "finished"
 
 

@@ -64,7 +64,7 @@ class FinetuneOptions:
 def run_finetune(opts: FinetuneOptions) -> dict[str, Any]:
     """Fine-tune, export ``OUT/model``, score the test split and the baselines; returns metrics.json's content."""
     out = Path(opts.out)
-    lock = RunLock(out, "geossl finetune")
+    lock = RunLock(out, "geossl finetune", "--out")
     lock.acquire()
     try:
         return _run_locked(opts, out)

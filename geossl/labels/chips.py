@@ -34,7 +34,14 @@ from geossl.io import atomic_path, atomic_write_text
 from geossl.labels.catalog import SceneCatalog, SceneGrid, build_catalog
 from geossl.labels.layers import read_label_layer
 from geossl.labels.options import LabelOptions
-from geossl.labels.placement import Placement, place_points, place_polygons, place_raster_labels, window_boxes
+from geossl.labels.placement import (
+    Placement,
+    outside_hint,
+    place_points,
+    place_polygons,
+    place_raster_labels,
+    window_boxes,
+)
 from geossl.labels.split import assign_splits, check_classes_in_every_split, resolve_mode
 from geossl.models.encoder import EncoderMeta
 
@@ -73,7 +80,8 @@ def _placement(opts: LabelOptions, catalog: SceneCatalog, tile: int, seed: int) 
         placed = place_polygons(layer, catalog, tile, opts.chips_per_polygon, opts.min_overlap, seed)
     placed.skipped.update(layer.skipped)
     info = {"kind": layer.kind, "source": layer.source, "label_field": layer.label_field,
-            "has_split_column": layer.has_split_column, "features": len(layer.frame)}
+            "has_split_column": layer.has_split_column, "features": len(layer.frame),
+            "outside_hint": outside_hint(layer, catalog, placed.skipped["outside"])}
     if layer.repaired:  # reported, so a user knows to fix the file: the repair may not be the shape meant
         info["repaired_polygons"] = layer.repaired
     return placed, info
@@ -212,19 +220,23 @@ def build_label_chips(opts: LabelOptions, meta: EncoderMeta, out_dir: str | Path
     catalog = build_catalog(opts.scenes, meta, opts.bands, opts.resample)
     placement, info = _placement(opts, catalog, tile, seed)
     source = info["source"]
+    hint = info.pop("outside_hint", "")  # labels (nearly) all outside every scene: their CRS is suspect
     mode = resolve_mode(opts.split, info["has_split_column"], source)
     if mode == "column":  # an empty split value leaves the label out, as in a split CSV
         for target in placement.targets:
             if not target.split:
                 target.candidates, target.no_candidate = [], "no_split"
                 placement.skipped["no_split"] += 1
+    if not any(target.candidates for target in placement.targets):  # refused before a folder is made
+        raise _no_chip_error(source, len(catalog.scenes), placement.skipped, hint)
     partial = out_dir / f"{CHIPS_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     chips = cut_chips(placement, catalog, meta, opts, partial)
     if not chips:
-        raise ValueError(f"{source}: no chip could be cut from the {len(catalog.scenes)} scene(s) "
-                         f"(skipped: {_skipped_text(placement.skipped)})")
+        raise _no_chip_error(source, len(catalog.scenes), placement.skipped, hint)
+    if hint:
+        print(f"warning: {source}: {hint}", file=sys.stderr)
     labels = [placement.targets[c.target].label for c in chips]
     groups = np.array([placement.targets[c.target].group for c in chips])
     lonlat = np.array([placement.targets[c.target].lonlat for c in chips], dtype=np.float64)
@@ -246,6 +258,12 @@ def build_label_chips(opts: LabelOptions, meta: EncoderMeta, out_dir: str | Path
               "tile_size": tile, "gsd": meta.gsd, "split": result.report, "table": str(table)}
     print(chips_summary_text(report), file=sys.stderr)
     return ChipSet(table, report)
+
+
+def _no_chip_error(source: str, scenes: int, skipped: Counter[str], hint: str) -> ValueError:
+    """Why no chip at all: the skip counts, and the labels' CRS when (nearly) all lie outside every scene."""
+    return ValueError(f"{source}: no chip could be cut from the {scenes} scene(s) "
+                      f"(skipped: {_skipped_text(skipped)}){'; ' + hint if hint else ''}")
 
 
 def _skipped_text(skipped: Counter[str] | dict[str, int]) -> str:

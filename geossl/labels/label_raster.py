@@ -20,8 +20,15 @@ from geossl.labels.catalog import SceneGrid
 FILL = np.iinfo(np.int32).min  # "no label" in the reprojected strip (outside the raster, or its nodata)
 
 
+def strip_dtype(dtype: np.dtype) -> type[np.signedinteger]:
+    """The type the label raster is reprojected into: signed, to hold FILL beside every class code. int32
+    holds any code of up to 32 bits except uint32's above 2**31 - 1, which GDAL would clip to 2**31 - 1 (two
+    classes merged without a word), so uint32 rasters get int64 strips."""
+    return np.int64 if dtype == np.uint32 else np.int32
+
+
 class LabelRaster:
-    """One open single-band integer label raster."""
+    """One open single-band integer label raster (any signed or unsigned type of up to 32 bits)."""
 
     def __init__(self, path: str | Path) -> None:
         from geossl.data.raster import open_raster
@@ -34,9 +41,10 @@ class LabelRaster:
         src = self.src
         try:
             dtype = np.dtype(src.dtypes[0])
-            if dtype.kind not in "iu" or dtype.itemsize > 4 or dtype == np.uint32:
+            if dtype.kind not in "iu" or dtype.itemsize > 4:
                 raise ValueError(f"{path}: label raster has {dtype} values; class codes must be integers of "
-                                 "at most 32 bits (e.g. uint8, uint16, int32)")
+                                 "at most 32 bits (e.g. uint8, uint16, int32, uint32)")
+            self.strip_dtype = strip_dtype(dtype)
             if src.crs is None:
                 raise ValueError(f"{path}: label raster has no CRS")
             if src.count != 1:
@@ -73,7 +81,7 @@ class LabelRaster:
         if c1 <= c0 or r1 <= r0:
             return
         for chip_row in range(r0, r1):
-            strip = np.full((tile, (c1 - c0) * tile), FILL, dtype=np.int32)
+            strip = np.full((tile, (c1 - c0) * tile), FILL, dtype=self.strip_dtype)
             transform = scene.transform @ Affine.translation(c0 * tile, chip_row * tile)
             reproject(source=self._band(), destination=strip, src_nodata=self.src.nodata, dst_transform=transform,
                       dst_crs=scene.crs, dst_nodata=FILL, resampling=Resampling.nearest)

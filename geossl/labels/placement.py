@@ -21,13 +21,17 @@ from typing import Any
 
 import numpy as np
 import shapely
-from pyproj import Transformer
+from pyproj import CRS, Transformer
+from pyproj.exceptions import ProjError
 
 from geossl.labels.catalog import SceneCatalog, SceneGrid
 from geossl.labels.layers import LabelLayer
 
 SNAP = 1e-3  # pixels: a polygon edge within this of a pixel edge is on it (reprojection round-off)
 WGS84 = "EPSG:4326"
+# From this share of labels outside every scene, the labels' CRS is suspected (a wrong one puts them all
+# elsewhere) and the message names both CRSs.
+NEARLY_ALL_OUTSIDE = 0.9
 
 
 @dataclass
@@ -77,8 +81,8 @@ def place_points(layer: LabelLayer, catalog: SceneCatalog, tile: int) -> Placeme
         xs, ys = geoms.x.to_numpy(), geoms.y.to_numpy()
         for si in indices:
             scene = catalog.scenes[si]
-            cols, rows = ~scene.transform @ (xs, ys)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"):  # a label the CRS transformation could not place is inf: outside
+                cols, rows = ~scene.transform @ (xs, ys)
                 inside = (cols >= 0) & (cols < scene.width) & (rows >= 0) & (rows < scene.height)
             inside_any |= inside
             c0 = np.round(np.where(inside, cols, 0) - tile / 2).astype(np.int64)
@@ -197,3 +201,56 @@ def _centres_to_lonlat(targets: list[Target], catalog: SceneCatalog) -> None:
             np.array([t.lonlat[0] for t in group]), np.array([t.lonlat[1] for t in group]))
         for t, x, y in zip(group, lon, lat, strict=True):
             t.lonlat = (float(x), float(y))
+
+
+def crs_name(crs: Any) -> str:
+    """``EPSG:32618`` when the CRS has an EPSG code, else its name: a WKT is too long for a message."""
+    parsed = CRS.from_user_input(crs)
+    code = parsed.to_epsg()
+    return f"EPSG:{code}" if code else parsed.name
+
+
+def outside_hint(layer: LabelLayer, catalog: SceneCatalog, outside: int) -> str:
+    """Why (nearly) every label lies outside every scene, or "" when most do not: the labels' CRS and the
+    scenes' named, and the fix. A layer whose coordinates are right but whose CRS is not (a file written
+    without one and given the wrong one) lands wholly elsewhere; when its coordinates read in another CRS
+    (a scene's, or lon/lat) do fall on the scenes, that CRS is named as the one to set."""
+    total = len(layer.frame)
+    if total == 0 or outside < NEARLY_ALL_OUTSIDE * total:
+        return ""
+    scenes = ", ".join(sorted({crs_name(s.crs) for s in catalog.scenes}))
+    share = "all" if outside == total else f"{outside} of"
+    hint = f"{share} {total} labels lie outside every scene (labels in {crs_name(layer.crs)}, scenes in {scenes})"
+    fits = crs_that_fits(layer, catalog)
+    if fits:
+        return (f"{hint}: read as {fits}, their coordinates fall on the scenes, so the labels' CRS is probably "
+                f"wrong: set it with GeoDataFrame.set_crs('{fits}', allow_override=True) or ogr2ogr -a_srs {fits}")
+    return (f"{hint}: if the labels are in another CRS than their file says, set the right one "
+            "(GeoDataFrame.set_crs(..., allow_override=True), ogr2ogr -a_srs), or reproject them (to_crs)")
+
+
+def crs_that_fits(layer: LabelLayer, catalog: SceneCatalog) -> str:
+    """The CRS (a scene's, or lon/lat) in which at least half of the labels' coordinates, as written, fall
+    on a scene; "" when none does (the labels really are elsewhere)."""
+    geoms = layer.frame.geometry
+    points = geoms if layer.kind == "points" else geoms.representative_point()
+    xs, ys = points.x.to_numpy(), points.y.to_numpy()
+    own = CRS.from_user_input(layer.crs)
+    candidates = {crs_name(s.crs): s.crs for s in catalog.scenes}
+    if (np.abs(xs) <= 180).all() and (np.abs(ys) <= 90).all():
+        candidates.setdefault(WGS84, WGS84)
+    for name, candidate in candidates.items():
+        if CRS.from_user_input(candidate) == own:
+            continue
+        on_scene = np.zeros(len(xs), dtype=bool)
+        for indices in catalog.by_crs().values():  # one transformation per scene CRS
+            try:
+                sx, sy = Transformer.from_crs(candidate, catalog.scenes[indices[0]].crs,
+                                              always_xy=True).transform(xs, ys)
+            except ProjError:
+                continue
+            for si in indices:
+                on_scene |= shapely.contains_xy(catalog.scenes[si].footprint(), np.asarray(sx), np.asarray(sy))
+        if on_scene.mean() >= 0.5:
+            return name
+    return ""

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from geossl.data.s3 import s3_client
-from geossl.io import check_outputs
+from geossl.io import check_outputs, naming_write_errors
 from geossl.predict.common import unique_stems
 from geossl.predict.stac import href_of
 
@@ -129,9 +129,10 @@ class Manifest:
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record (one line, flushed and fsynced) and make it the scene's latest."""
-        line = json.dumps(record) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(("\n" if self._torn else "") + line)  # never glue a record onto a torn line
+        text = ("\n" if self._torn else "") + json.dumps(record) + "\n"  # never glue a record onto a torn line
+        self._torn = True  # until the line is down: a failed write (a full disk) may leave part of it
+        with naming_write_errors(self.path), open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         self._torn = False

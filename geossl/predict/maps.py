@@ -2,11 +2,13 @@
 
 Maps are written top to bottom in strips into a hidden tiled GeoTIFF (bounded memory: one block row
 at a time), then turned into a Cloud-Optimised GeoTIFF by GDAL's COG driver (tiling, overviews, the
-IFD layout) under a temporary name and renamed: a half-written map never carries the final name.
+IFD layout) under a temporary name and renamed: a half-written map never carries the final name, and a
+failed write (a full disk) is one :class:`~geossl.io.WriteError` naming the map, whichever step failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -21,7 +23,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.transform import Affine
 
 from geossl.data.raster import comparable_nodata, valid_mask
-from geossl.io import atomic_path
+from geossl.io import atomic_path, naming_write_errors
 from geossl.plotting import save_png
 
 NODATA_CLASS = 255
@@ -100,14 +102,20 @@ class COGStripWriter:
         self.dtype, self.nodata = np.dtype(dtype), nodata
         self.overview_resampling = overview_resampling
         self._colormap, self._tags, self._descriptions = colormap, tags or {}, descriptions
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".stream.tif", dir=self.final.parent)
+        with naming_write_errors(self.final):
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".stream.tif", dir=self.final.parent)
         os.close(fd)
         self._stream_path = Path(tmp)
-        self._ds = rasterio.open(
-            self._stream_path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-            nodata=nodata, crs=crs, transform=transform, tiled=True, blockxsize=block, blockysize=block,
-            compress="deflate", BIGTIFF="IF_SAFER",
-        )
+        try:
+            with naming_write_errors(self.final, self._stream_path):
+                self._ds = rasterio.open(
+                    self._stream_path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
+                    nodata=nodata, crs=crs, transform=transform, tiled=True, blockxsize=block, blockysize=block,
+                    compress="deflate", BIGTIFF="IF_SAFER",
+                )
+        except BaseException:
+            self._stream_path.unlink(missing_ok=True)
+            raise
         self._buffer = np.full((count, block, width), nodata, dtype=self.dtype)
         self._buffer_row0 = 0  # map row of buffer row 0
         self._filled = 0  # rows in the buffer
@@ -134,7 +142,8 @@ class COGStripWriter:
         if self._buffer_row0 + self._filled > self.height:
             raise ValueError(f"{self.final}: more rows written than the map's {self.height}")
         window = rasterio.windows.Window(0, self._buffer_row0, self.width, self._filled)
-        self._ds.write(self._buffer[:, : self._filled], window=window)
+        with naming_write_errors(self.final, self._stream_path):  # GDAL's "Write failed" -> the map's name
+            self._ds.write(self._buffer[:, : self._filled], window=window)
         self._buffer_row0 += self._filled
         self.rows_written = self._buffer_row0
         self._filled = 0
@@ -145,13 +154,14 @@ class COGStripWriter:
         self._flush()
         if self.rows_written != self.height:
             raise RuntimeError(f"{self.final}: {self.rows_written} of {self.height} rows written")
-        if self._colormap:
-            self._ds.write_colormap(1, self._colormap)
-        if self._tags:
-            self._ds.update_tags(**self._tags)
-        for k, text in enumerate(self._descriptions or [], start=1):
-            self._ds.set_band_description(k, text)
-        self._ds.close()
+        with naming_write_errors(self.final, self._stream_path):  # closing flushes GDAL's cached blocks
+            if self._colormap:
+                self._ds.write_colormap(1, self._colormap)
+            if self._tags:
+                self._ds.update_tags(**self._tags)
+            for k, text in enumerate(self._descriptions or [], start=1):
+                self._ds.set_band_description(k, text)
+            self._ds.close()
         try:
             with atomic_path(self.final, suffix=".tif") as tmp:
                 rio_copy(
@@ -163,8 +173,11 @@ class COGStripWriter:
         return self.final
 
     def abort(self) -> None:
-        if not self._ds.closed:
-            self._ds.close()
+        """Discard the map. A close that fails (a full disk fails it too) must not hide the error that
+        made the caller abort: the stream is thrown away either way."""
+        with contextlib.suppress(Exception):
+            if not self._ds.closed:
+                self._ds.close()
         self._stream_path.unlink(missing_ok=True)
 
 

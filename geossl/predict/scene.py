@@ -273,8 +273,8 @@ class WindowGrid:
 
 class _MapWriter:
     """The class map (and probability) COG writers plus the open map rows: windows add probabilities,
-    finished rows are written and forgotten, class counts kept. Committed on a clean exit, aborted
-    (nothing left behind) on any exception."""
+    finished rows are written and forgotten, class counts kept. Committed on a clean exit, discarded
+    (nothing left behind, not even a map committed before a later one failed) on any exception."""
 
     def __init__(self, outputs: dict[str, Path | None], classes: list[str], tags: dict[str, str],
                  grid: WindowGrid, crs: Any, transform: Affine, min_valid: float,
@@ -287,6 +287,7 @@ class _MapWriter:
         self.next_row = 0
         self.writers: list[COGStripWriter] = []
         self._geojson: Any = None
+        self._geojson_open = False
         self.gj: Any = None
 
     def __enter__(self) -> _MapWriter:
@@ -304,25 +305,39 @@ class _MapWriter:
                     descriptions=self.classes, overview_resampling="average", **self.common))
             self._geojson = geojson_writer(self.outputs["geojson"]) if self.outputs["geojson"] else _null()
             self.gj = self._geojson.__enter__()
+            self._geojson_open = True
         except BaseException:
             self._abort()
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self._geojson.__exit__(exc_type, exc, tb)
-            self._abort()
+        if exc is not None:
+            self._discard(exc)
             return
+        committed: list[Path] = []
         try:
             self.finish_rows(self.grid.height)
             for writer in self.writers:
-                writer.commit()
+                committed.append(writer.commit())
+            self._geojson_open = False
+            self._geojson.__exit__(None, None, None)
         except BaseException as error:
-            self._geojson.__exit__(type(error), error, error.__traceback__)
-            self._abort()
+            self._discard(error, committed)
             raise
-        self._geojson.__exit__(None, None, None)
+
+    def _discard(self, error: BaseException, committed: Sequence[Path] = ()) -> None:
+        """Leave nothing of a failed scene: the GeoJSON's and the maps' temporary files, and maps already
+        committed (a scene's outputs are all written or none, so no class map stands without its
+        probabilities and a rerun finds no half set). Runs even when discarding the GeoJSON raises."""
+        try:
+            if self._geojson_open:
+                self._geojson_open = False
+                self._geojson.__exit__(type(error), error, error.__traceback__)
+        finally:
+            self._abort()
+            for path in committed:
+                path.unlink(missing_ok=True)
 
     def _abort(self) -> None:
         for writer in self.writers:

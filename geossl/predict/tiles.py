@@ -43,6 +43,9 @@ from geossl.scene.bands import check_statistics, fill_invalid, resolve_bands
 IMAGE_EXTS = RASTER_EXTS + (".jpg", ".jpeg", ".png")
 PIL_EXTS = (".jpg", ".jpeg", ".png")
 CSV_NAME, GEOJSON_NAME = "predictions.csv", "predictions.geojson"
+# A tile whose longer side is more than this many times the model's tile size gets a warning: classified
+# whole, as one tile, it costs memory like a scene and gives one label (see large_tile_warning).
+LARGE_TILE_FACTOR = 4
 
 
 @dataclass
@@ -113,6 +116,14 @@ def split_inputs(uris: list[str], mode: str, tile: int, explicit_grid: bool,
     return scenes, [u for u, k in zip(uris, kinds, strict=True) if (k or broken) == "tile"]
 
 
+@contextlib.contextmanager
+def _noting_commit(writer: contextlib.AbstractContextManager[Any], final: Path, committed: list[Path]) -> Iterator[Any]:
+    """``writer`` (an atomic writer of ``final``), appending ``final`` to ``committed`` once it is in place."""
+    with writer as handle:
+        yield handle
+    committed.append(final)
+
+
 class TileReadError(ValueError):
     """A file that cannot be decoded (skippable in a folder), as opposed to a band mismatch (fatal)."""
 
@@ -165,15 +176,35 @@ def _read_pil_tile(uri: str, meta: EncoderMeta, bands: Sequence[int] | None) -> 
     return Tile(uri, image, valid, None, None, list(used))
 
 
+def large_tile_warning(tile: Tile, meta: EncoderMeta) -> str:
+    """A one-line warning for a tile far larger than the model's (empty for one of about its size): it is
+    still one prediction for the whole image, but the ViT sees every patch of it at once, so memory and
+    time grow with its size (a 3000 x 3000 JPEG took about 2 GB), and one label is rarely what was meant.
+    The way out follows classify's rule: a scene map needs georeferencing (a CRS) and ``--mode scene``."""
+    _, height, width = tile.image.shape
+    if max(height, width) <= LARGE_TILE_FACTOR * meta.img_size:
+        return ""
+    how = ("to map it window by window, pass --mode scene" if tile.georeferenced else
+           "to map it window by window, georeference it (a GeoTIFF with a CRS) and pass --mode scene, "
+           "or cut it into tiles")
+    return (f"warning: {tile.uri}: {width}x{height} px is over {LARGE_TILE_FACTOR}x the model's {meta.img_size} px "
+            f"tile, yet classified as one tile (one label, memory growing with its size); {how}")
+
+
 def iter_tiles(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None,
                skipped: list[str]) -> Iterator[Tile]:
-    """Tiles in order; unreadable files are appended to ``skipped`` with the reason and passed over."""
+    """Tiles in order; unreadable files are appended to ``skipped`` with the reason and passed over, and a
+    tile far larger than the model's is named in a warning (:func:`large_tile_warning`)."""
     for uri in uris:
         try:
-            yield read_tile(uri, meta, bands)
+            tile = read_tile(uri, meta, bands)
         except TileReadError as exc:
             skipped.append(str(exc))
             print(f"warning: skipping {exc}", file=sys.stderr)
+            continue
+        if warning := large_tile_warning(tile, meta):
+            print(warning, file=sys.stderr)
+        yield tile
 
 
 def skipped_note(skipped: Sequence[str]) -> str:
@@ -237,38 +268,44 @@ def classify_tiles(
     counts = dict.fromkeys(classes, 0)
     n_geo = n = 0
     header = ["path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(raster_env(uris))
-        tmp_csv = stack.enter_context(atomic_path(csv_path, suffix=".csv"))
-        fh = stack.enter_context(open(tmp_csv, "w", newline=""))
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        gj = None  # opened at the first georeferenced tile: JPEG folders get no GeoJSON at all
-        bar = stack.enter_context(tqdm(total=len(uris), unit="tile", disable=not progress, leave=False))
-        for batch in batched_by_shape(iter_tiles(uris, meta, bands, skipped), batch_size):
-            images = np.stack([t.image for t in batch])
-            if check_stats and n == 0:
-                valid = np.stack([t.valid for t in batch])
-                check_statistics(meta, images.transpose(1, 0, 2, 3)[:, valid], batch[0].uri, batch[0].bands)
-            probs = run_batches(model.predict_proba, images, device)
-            for tile, best in zip(batch, top_k(probs, classes), strict=True):
-                row: list[Any] = [tile.uri]
-                for name, p in best:
-                    row += [name, f"{p:.4f}"]
-                writer.writerow(row + [""] * (len(header) - len(row)))
-                counts[best[0][0]] += 1
-                ring = tile.footprint()
-                if ring is not None:
-                    gj = gj or stack.enter_context(geojson_writer(gj_path))
-                    gj.add(ring, {"path": tile.uri, "class": best[0][0], "probability": round(best[0][1], 4),
-                                  "top3": [{"class": c, "probability": round(p, 4)} for c, p in best],
-                                  "crs": tile.crs.to_string()})
-                    n_geo += 1
-            n += len(batch)
-            bar.n = n + len(skipped)
-            bar.refresh()
-        if n == 0:
-            raise ValueError(f"no readable tiles among {len(uris)} input(s): {skipped[0] if skipped else ''}")
+    committed: list[Path] = []  # outputs already under their final name (the GeoJSON commits before the CSV)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(raster_env(uris))
+            tmp_csv = stack.enter_context(atomic_path(csv_path, suffix=".csv"))
+            fh = stack.enter_context(open(tmp_csv, "w", newline=""))
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            gj = None  # opened at the first georeferenced tile: JPEG folders get no GeoJSON at all
+            bar = stack.enter_context(tqdm(total=len(uris), unit="tile", disable=not progress, leave=False))
+            for batch in batched_by_shape(iter_tiles(uris, meta, bands, skipped), batch_size):
+                images = np.stack([t.image for t in batch])
+                if check_stats and n == 0:
+                    valid = np.stack([t.valid for t in batch])
+                    check_statistics(meta, images.transpose(1, 0, 2, 3)[:, valid], batch[0].uri, batch[0].bands)
+                probs = run_batches(model.predict_proba, images, device)
+                for tile, best in zip(batch, top_k(probs, classes), strict=True):
+                    row: list[Any] = [tile.uri]
+                    for name, p in best:
+                        row += [name, f"{p:.4f}"]
+                    writer.writerow(row + [""] * (len(header) - len(row)))
+                    counts[best[0][0]] += 1
+                    ring = tile.footprint()
+                    if ring is not None:
+                        gj = gj or stack.enter_context(_noting_commit(geojson_writer(gj_path), gj_path, committed))
+                        gj.add(ring, {"path": tile.uri, "class": best[0][0], "probability": round(best[0][1], 4),
+                                      "top3": [{"class": c, "probability": round(p, 4)} for c, p in best],
+                                      "crs": tile.crs.to_string()})
+                        n_geo += 1
+                n += len(batch)
+                bar.n = n + len(skipped)
+                bar.refresh()
+            if n == 0:
+                raise ValueError(f"no readable tiles among {len(uris)} input(s): {skipped[0] if skipped else ''}")
+    except BaseException:
+        for path in committed:  # both tables or neither: a GeoJSON left alone would refuse the rerun
+            path.unlink(missing_ok=True)
+        raise
     if n_geo == 0:
         gj_path.unlink(missing_ok=True)  # a stale GeoJSON (under --overwrite) must not pass for this run's
     return TilesResult(csv_path, gj_path if n_geo else None, n, skipped, counts, time.perf_counter() - start)

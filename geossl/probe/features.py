@@ -131,7 +131,7 @@ def load_split_table(data: str | Path, splits: str | Path | None = None, seed: i
         classes=classes,
         source=source,
     )
-    check_split_leaks(table.paths, list(table.splits), source)
+    check_split_leaks(table.paths, table.splits.tolist(), source)  # plain str: messages quote 'train'
     _check_counts(table, stratified)
     return table
 

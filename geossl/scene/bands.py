@@ -70,8 +70,9 @@ def check_statistics(meta: EncoderMeta, pixels: np.ndarray, source: str, bands: 
             f"{source}: band {bands[worst]} values (median {median[worst]:.4g}) do not match the model's "
             f"band {meta.bands[worst]!r} (mean {mean[worst]:.4g}, std {std[worst]:.4g}): the model expects "
             f"{meta.bands} with means {[round(m, 4) for m in meta.mean]}; wrong bands or units? "
-            "(for scenes, --rescale percentile maps the scene's 2nd/98th percentiles onto the model's; "
-            "--no-check-stats runs anyway)"
+            # --rescale is classify's alone (embed, change, probe and finetune reach this line too): named with it
+            "(for scenes, geossl classify --rescale percentile maps the scene's 2nd/98th percentiles onto the "
+            "model's; --no-check-stats runs anyway)"
         )
 
 

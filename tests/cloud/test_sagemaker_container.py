@@ -280,3 +280,82 @@ def test_finetune_task_trains_from_the_encoder_channel_and_exports_a_model(tmp_p
     env.pop("SM_CHANNEL_ENCODER")
     assert container.main([], env) == 1
     assert "SM_CHANNEL_ENCODER is not set" in (ml / "output" / "failure").read_text().splitlines()[0]
+
+
+# --- running `geossl sagemaker local` again --------------------------------------------------------
+
+def local_argv(root: Path, channel_dir: Path, *extra: str) -> list[str]:
+    return ["sagemaker", "local", "--config", "configs/sagemaker_dino.yaml", "--root", str(root), "--data",
+            str(channel_dir), "--nproc", "0", "pretrain.config=configs/demo.yaml", *TINY, *extra]
+
+
+@pytest.mark.parametrize("done", ["model/geossl.json", "output/data/run/summary.json",
+                                  "checkpoints/finetune/metrics.json"])
+def test_local_rerun_of_a_finished_job_is_one_line_naming_root(done, tmp_path, channel, capsys):
+    """Regression (#23): running `geossl sagemaker local` a second time with the same arguments died with a
+    traceback (the entry point refused the model dir as an --export-dir, an option this command does not
+    have). Now a finished job in --root is refused in one line, before anything starts or is written."""
+    from geossl.cli import main
+
+    root = tmp_path / "opt-ml"
+    (root / done).parent.mkdir(parents=True)
+    (root / done).write_text(json.dumps({"status": "finished"}))
+    assert main(local_argv(root, channel)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geossl sagemaker: error: {root}: already holds a finished job ({done}), which cannot be "
+                   "resumed; pass a new --root to train again (nothing was overwritten)")
+    assert not (root / "input").exists()  # nothing prepared, nothing started
+
+
+def test_local_rerun_beside_a_running_job_names_root(tmp_path, channel, capsys):
+    from geossl.cli import main
+    from geossl.io import RunLock
+
+    root = tmp_path / "opt-ml"
+    with RunLock(root, "geossl sagemaker local", "--root"):
+        assert main(local_argv(root, channel)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another geossl sagemaker local" in err and "another --root" in err
+
+
+def test_an_unfinished_local_job_is_not_refused(tmp_path):
+    """An interrupted job (checkpoints, a summary saying interrupted, an empty model dir) resumes as before."""
+    root = tmp_path / "opt-ml"
+    for sub in ("model", "checkpoints", "output/data/run"):
+        (root / sub).mkdir(parents=True)
+    (root / "output/data/run/summary.json").write_text(json.dumps({"status": "interrupted"}))
+    assert container.finished_local_job(root) is None
+
+
+def test_the_entry_point_names_run_name_not_pretrain_options_for_a_finished_run(tmp_path, channel):
+    """In the container, pretraining's refusals name what starts a new run there (a run_name; a --root for
+    `sagemaker local`), not `geossl pretrain`'s --run-dir / --export-dir."""
+    hps = {"config": "configs/demo.yaml", "overrides": TINY, "channel": "train"}
+    env = sagemaker_env(tmp_path, channel, hps)
+    (tmp_path / "output/data/run").mkdir(parents=True)
+    (tmp_path / "output/data/run/summary.json").write_text(json.dumps({"status": "finished"}))
+    assert container.main([], env) == 1
+    first = (tmp_path / "output" / "failure").read_text().splitlines()[0]
+    assert "already holds a finished run (summary.json), which cannot be resumed; use a new run_name " \
+           "(geossl sagemaker local: or a new --root)" in first and "--run-dir" not in first
+    (tmp_path / "output" / "failure").unlink()
+    (tmp_path / "model" / "geossl.json").write_text("{}")
+    assert container.main([], env) == 1
+    first = (tmp_path / "output" / "failure").read_text().splitlines()[0]
+    assert "already holds an encoder (geossl.json); use a new run_name" in first and "another --export-dir" not in first
+
+
+def test_a_finetune_job_of_a_finished_run_names_run_name_not_overwrite(tmp_path, channel):
+    """A fine-tune job whose run folder (in the checkpoints) is finished: refused naming a new run_name, not
+    `geossl finetune`'s --overwrite / --out, which a job does not have."""
+    hps = {"config": "configs/finetune_demo.yaml", "channel": "train", "task": "finetune"}
+    env = sagemaker_env(tmp_path, channel, hps)
+    (tmp_path / "encoder").mkdir()
+    env.update({"SM_CHANNEL_ENCODER": str(tmp_path / "encoder"), "SM_CHANNELS": '["encoder", "train"]'})
+    (tmp_path / "checkpoints/finetune").mkdir(parents=True)
+    (tmp_path / "checkpoints/finetune/metrics.json").write_text("{}")
+    assert container.main([], env) == 1
+    first = (tmp_path / "output" / "failure").read_text().splitlines()[0]
+    assert first == (f"FileExistsError: {tmp_path}/checkpoints/finetune/metrics.json: this run's fine-tune has "
+                     "finished; use a new run_name (geossl sagemaker local: or a new --root) to train again "
+                     "(nothing was overwritten)")

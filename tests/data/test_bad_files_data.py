@@ -12,6 +12,7 @@ import pytest
 from dino_helpers import make_patch_folder, salt
 from PIL import Image
 
+from geossl.cli import main
 from geossl.config import load_config
 from geossl.config_checks import ConfigError
 from geossl.data.patches import MAX_UNREADABLE_IN_A_ROW, BadPatchError, PatchDataset
@@ -90,6 +91,27 @@ def test_stats_skip_and_count_bad_files(salted, tmp_path):
     with pytest.raises(ValueError, match=r"at least 4 of 32 sampled patch files \(12\.5%\) .* more than "
                                          r"max_bad_fraction=0\.1 allows: .*000_text\.png \(unreadable\)"):
         compute_stats(data, kind="patches", max_bad_fraction=0.1)
+
+
+def test_stats_cli_names_its_own_option_for_bad_files(salted, tmp_path, capsys):
+    """Regression (#23): `geossl stats` refused too many bad files with "raise max_bad_fraction", a setting it
+    did not have. It now has --max-bad-fraction, and the refusal names it."""
+    data, _ = salted
+    out = tmp_path / "stats.json"
+    base = ["stats", "--input", str(data), "--kind", "patches", "--out", str(out)]
+    assert main([*base, "--max-bad-fraction", "0.1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geossl stats: error: at least 4 of 32 sampled patch files")
+    assert "more than --max-bad-fraction=0.1 allows" in err and err.endswith("or raise --max-bad-fraction")
+    assert not out.exists()
+    assert main([*base, "--max-bad-fraction", "0.3"]) == 0  # 7 of 32 skipped, listed in the JSON
+    assert len(json.loads(out.read_text())["skipped_files"]) == 7
+    assert "7 bad file(s) skipped" in capsys.readouterr().out
+    for bad in ("1.5", "-0.1", "nan", "five"):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, "--overwrite", "--max-bad-fraction", bad])
+        assert exc.value.code == 2
+        assert "argument --max-bad-fraction:" in capsys.readouterr().err
 
 
 def test_max_bad_fraction_is_a_probability():

@@ -13,7 +13,7 @@ from dino_helpers import TINY, SignalAt, make_patch_folder, salt, tiny_config
 from geossl.cli import main
 from geossl.dino.bad_files import SkippingDataset
 from geossl.dino.checkpoint import load_checkpoint_file
-from geossl.dino.data import build_pretrain_dataset
+from geossl.dino.data import build_pretrain_dataset, resolve_stats
 from geossl.dino.train import pretrain
 
 
@@ -74,6 +74,16 @@ def test_above_the_fraction_the_run_stops_with_the_list(salted, tmp_path, capsys
     named = [path for path in bad if path in err]
     assert len(named) >= 4, err  # more than 0.1 x 32 = 3.2 files, each named
     assert not (tmp_path / "run/summary.json").exists()
+
+
+def test_statistics_computed_for_pretraining_name_its_config_key(salted):
+    """Without data.stats, pretraining samples the statistics first; too many bad files there are refused
+    naming data.max_bad_fraction (the key a pretraining user can raise), not the compute_stats argument."""
+    data, stats, _ = salted
+    cfg = tiny_config(data, stats, ["data.stats=null", "data.max_bad_fraction=0.1"])
+    with pytest.raises(ValueError, match=r"more than data\.max_bad_fraction=0\.1 allows: .*or raise "
+                                         r"data\.max_bad_fraction$"):
+        resolve_stats(cfg, 3)
 
 
 def test_zero_fraction_stops_at_the_first_batch_with_a_bad_file(salted, tmp_path):

@@ -48,8 +48,9 @@ def test_finished_run_is_never_overwritten(tmp_path):
     before = (tmp_path / "run/encoder/model.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         pretrain(cfg, tmp_path / "run")
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(FileExistsError, match="already holds a finished run") as refused:
         pretrain(cfg, tmp_path / "run", resume="never")
+    assert "--resume auto" not in str(refused.value)  # it cannot continue a finished run
     assert (tmp_path / "run/encoder/model.safetensors").read_bytes() == before
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -74,6 +75,35 @@ def test_explicit_resume_into_a_finished_run_is_refused(tmp_path, patches):
         pretrain(cfg, tmp_path / "run", resume=str(ckpt))
 
 
+@pytest.mark.parametrize("resume", ["never", "auto"])
+def test_a_finished_run_is_never_offered_resume_auto(resume, tmp_path, patches, capsys):
+    """Regression (#23): `--resume never` on a finished run said "use --resume auto to continue it", which
+    only met the next refusal (a finished run cannot be continued). Both modes now say what works."""
+    data, stats = patches
+    config = tmp_path / "c.yaml"
+    config.write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "finished"}')
+    args = ["pretrain", "--config", str(config), "--run-dir", str(run), "--resume", resume, *TINY,
+            f"data.paths=[{data}]", f"data.stats={stats}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geossl pretrain: error: {run}: already holds a finished run (summary.json), which cannot be "
+                   f"resumed; use a new --run-dir (model.init={run} trains on from its weights; nothing was "
+                   "overwritten)")
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "summary.json"]
+
+
+def test_never_on_an_unfinished_run_offers_resume_auto(tmp_path, patches):
+    data, stats = patches
+    cfg = tiny_config(data, stats, ["optim.epochs=2"])
+    assert pretrain(cfg, tmp_path / "run", callbacks=[SignalAt(2)])["status"] == "interrupted"
+    with pytest.raises(FileExistsError, match=r"already holds an unfinished run \(checkpoints\); use --resume auto "
+                                              r"to continue it, or a new --run-dir$"):
+        pretrain(cfg, tmp_path / "run", resume="never")
+
+
 def test_retention_keeps_the_newest_and_every_kth(tmp_path, patches):
     data, stats = patches
     cfg = tiny_config(data, stats, ["optim.epochs=2", "trainer.checkpoint_every_steps=1", "trainer.keep_last=2",
@@ -106,9 +136,67 @@ def test_partial_files_are_cleaned_at_start(tmp_path, patches):
     assert not any(p.exists() for p in leftovers)
 
 
-def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, patches, capsys, monkeypatch):
-    import geossl.dino.checkpoint as ckpt_module
+TORCH_WRITE_FAILED = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # what torch.save raises
 
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError(TORCH_WRITE_FAILED)])
+def test_a_full_disk_is_one_line_naming_the_file(error, tmp_path, patches, capsys, monkeypatch):
+    """Regression (#23): a full disk while saving a checkpoint showed torch's C++ enforce message (no path,
+    no word of the disk). It is one line naming the checkpoint, even though Lightning's clean-up (its CSV
+    logger's last save) then fails on the same disk; nothing half-written stays; a rerun works."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    import geossl.dino.checkpoint as ckpt_module
+    import geossl.io as io_module
+
+    data, stats = patches
+    config = tmp_path / "c.yaml"
+    config.write_text("{}")
+    full = []
+
+    def no_space(*args, **kwargs):
+        full.append(True)
+        raise error
+
+    def csv_save(self):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", no_space)
+    monkeypatch.setattr(ExperimentWriter, "save", csv_save)
+    if isinstance(error, RuntimeError):  # torch's error says nothing of the disk: the space left does
+        monkeypatch.setattr(io_module, "disk_is_full", lambda folder: True)
+    args = ["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), *TINY,
+            f"data.paths=[{data}]", f"data.stats={stats}", "optim.epochs=1", "trainer.checkpoint_every_steps=1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert len(err.splitlines()) == 1 and "enforce" not in err, err
+    assert re.search(rf"error: {re.escape(str(checkpoints))}/[\w.-]+\.ckpt: cannot write \(the disk is full\); "
+                     "the newest complete checkpoint is kept for --resume$", err), err
+    assert not list(checkpoints.glob("*.partial")) and not list(checkpoints.glob("*.ckpt"))
+    monkeypatch.undo()
+    assert main(args) == 0  # nothing left behind blocks the rerun
+    capsys.readouterr()
+
+
+def test_a_failed_torch_save_names_the_checkpoint_when_the_disk_is_not_full(tmp_path, monkeypatch):
+    """Any other failure of torch's writer (an I/O error, a quota) is still one line naming the file."""
+    import geossl.dino.checkpoint as ckpt_module
+    from geossl.io import WriteError
+
+    def failing(*args, **kwargs):
+        raise RuntimeError(TORCH_WRITE_FAILED)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", failing)
+    with pytest.raises(WriteError) as caught:
+        ckpt_module.AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
+    assert caught.value.filename == str(tmp_path / "last.ckpt")
+    assert caught.value.strerror == f"cannot write (RuntimeError: {TORCH_WRITE_FAILED})"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_folder_is_refused_before_training(tmp_path, patches, capsys, monkeypatch):
     data, stats = patches
     config = tmp_path / "c.yaml"
     config.write_text("{}")
@@ -116,17 +204,9 @@ def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, patches, capsys, mo
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt_module.torch, "save", no_space)
-    args = ["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), *TINY,
-            f"data.paths=[{data}]", f"data.stats={stats}", "optim.epochs=1", "trainer.checkpoint_every_steps=1"]
-    assert main(args) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "checkpoints" in err and "the disk is full" in err, err
-    assert not list((tmp_path / "run" / "checkpoints").glob("*.partial"))
-
-    monkeypatch.undo()
     monkeypatch.setattr(Path, "write_bytes", lambda self, data: no_space())  # the folder check at start
-    assert main([*args[:4], str(tmp_path / "other"), *args[5:]]) == 1
+    assert main(["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "other"), *TINY,
+                 f"data.paths=[{data}]", f"data.stats={stats}", "optim.epochs=1"]) == 1
     err = capsys.readouterr().err.strip()
     assert "other: cannot write here (the disk is full)" in err
 

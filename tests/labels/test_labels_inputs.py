@@ -15,8 +15,12 @@ import shapely
 
 from bench.synthetic import make_tiny_encoder
 from geossl.cli import main
+from geossl.labels.catalog import build_catalog
 from geossl.labels.chips import build_label_chips
+from geossl.labels.label_raster import LabelRaster
+from geossl.labels.layers import read_label_layer
 from geossl.labels.options import LabelOptions, parse_class_names
+from geossl.labels.placement import outside_hint
 from geossl.labels.split import deal_blocks, random_split
 from geossl.models.encoder import read_meta
 
@@ -78,8 +82,43 @@ def test_bad_label_layers_are_one_line_naming_the_file(case: str, encoder: Path,
     rc, err = probe_cli(capsys, encoder, tmp_path / "out", "--labels", str(path), "--scenes", str(landsat))
     assert rc == 1 and expected in err and str(path) in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    if case == "outside":
-        assert "outside 2" in err
+    if case == "outside":  # really elsewhere: both CRSs named, no CRS claimed to fit
+        assert "outside 2" in err and "all 2 labels lie outside every scene (labels in EPSG:4326, scenes in " \
+            "EPSG:32618): if the labels are in another CRS than their file says" in err
+
+
+@pytest.mark.parametrize(("kind", "claimed", "true_crs"), [
+    ("points", "EPSG:4326", "EPSG:32618"),  # UTM metres in a file that says lon/lat
+    ("polygons", "EPSG:4326", "EPSG:32618"),
+    ("polygons", "EPSG:32618", "EPSG:4326"),  # lon/lat in a file that says UTM
+])
+def test_labels_in_the_wrong_crs_are_named_with_the_crs_that_fits(
+        kind: str, claimed: str, true_crs: str, encoder: Path, landsat: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): labels whose file gives the wrong CRS all fell "outside" the scenes with no hint.
+    The error names both CRSs and, since the coordinates read in another CRS land on the scene, that one."""
+    shapes = [p.buffer(2000) if kind == "polygons" else p for p in scene_points(landsat)]
+    frame = gpd.GeoDataFrame({"label": ["a", "b"] * 2}, geometry=shapes, crs="EPSG:32618").to_crs(true_crs)
+    path = write(frame.set_crs(claimed, allow_override=True), tmp_path / "labels.gpkg")
+    rc, err = probe_cli(capsys, encoder, tmp_path / "out", "--labels", str(path), "--scenes", str(landsat))
+    assert rc == 1 and len(err.splitlines()) == 1 and str(path) in err and "no chip could be cut" in err, err
+    assert (f"all 4 labels lie outside every scene (labels in {claimed}, scenes in EPSG:32618): read as {true_crs}, "
+            f"their coordinates fall on the scenes, so the labels' CRS is probably wrong: set it with "
+            f"GeoDataFrame.set_crs('{true_crs}', allow_override=True) or ogr2ogr -a_srs {true_crs}") in err, err
+
+
+def test_nearly_all_labels_outside_is_named_but_some_inside_is_not(encoder: Path, landsat: Path,
+                                                                    tmp_path: Path) -> None:
+    """The hint is for (nearly) all labels outside: 19 of 20 is named, 2 of 4 is an ordinary skip count."""
+    inside = scene_points(landsat, 2)
+    far = [shapely.Point(-150 + i / 10, 0) for i in range(19)]
+    layer = read_label_layer(write(gpd.GeoDataFrame({"label": ["a"] * 20}, geometry=[
+        *gpd.GeoSeries(inside[:1], crs="EPSG:32618").to_crs("EPSG:4326"), *far], crs="EPSG:4326"),
+        tmp_path / "l.gpkg"))
+    catalog = build_catalog([str(landsat)], read_meta(encoder))
+    hint = outside_hint(layer, catalog, 19)
+    assert hint.startswith("19 of 20 labels lie outside every scene (labels in EPSG:4326, scenes in EPSG:32618)")
+    assert outside_hint(layer, catalog, 2) == ""
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -111,6 +150,27 @@ def test_float_label_raster_and_no_overlap_are_one_line(encoder: Path, landsat: 
         dst.write(np.ones((1, 4, 4), dtype=np.uint8))
     rc, err = probe_cli(capsys, encoder, tmp_path / "o2", "--label-raster", str(far), "--scenes", str(landsat))
     assert rc == 1 and str(far) in err and "no chip of any scene is labelled" in err
+
+
+def test_uint32_label_rasters_keep_codes_above_int32(encoder: Path, landsat: Path, tmp_path: Path) -> None:
+    """Regression (#23): uint32 label rasters were refused as "not integers of at most 32 bits". They are
+    read whole: a code above 2**31 - 1 keeps its value (an int32 strip would clip it to 2147483647)."""
+    big = 3_000_000_000
+    with rasterio.open(landsat) as src:
+        crs, (left, top) = src.crs, (src.bounds.left, src.bounds.top)
+    codes = np.full((64, 64), 7, dtype=np.uint32)
+    codes[:, 32:] = big
+    codes[:8, :8] = np.iinfo(np.uint32).max  # nodata
+    path = tmp_path / "codes.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint32", crs=crs,
+                       transform=rasterio.transform.from_origin(left, top, 300.0375, 300.0375),
+                       nodata=np.iinfo(np.uint32).max) as dst:
+        dst.write(codes, 1)
+    scene = build_catalog([str(landsat)], read_meta(encoder)).scenes[0]
+    with LabelRaster(path) as labels:
+        chips = list(labels.chip_majorities(scene, 8))
+    assert {majority for _, _, majority, _, _ in chips} == {7, big}
+    assert all((row, col) != (0, 0) for row, col, *_ in chips)  # the nodata corner is no label
 
 
 def test_outside_near_edge_and_nodata_labels_are_skipped_and_counted(encoder: Path, landsat: Path,

@@ -1,8 +1,11 @@
-"""Tile classification (EuroSAT MS GeoTIFFs, RGB JPEGs), GeoJSON footprints, embeddings, CLI errors."""
+"""Tile classification (EuroSAT MS GeoTIFFs, RGB JPEGs), GeoJSON footprints, embeddings, CLI errors, a full
+disk while writing maps and tables, tiles far larger than the model's."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +16,12 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
+from PIL import Image
 from pyproj import Transformer
+from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
-from bench.synthetic import make_tiny_model
+from bench.synthetic import make_tiny_model, write_synthetic_scene
 from geossl.cli import main
 from geossl.predict import classify_tiles, embed
 from geossl.predict.geojson import footprint_lonlat, signed_area
@@ -168,3 +173,95 @@ def test_a_second_classify_into_a_folder_in_use_is_refused(shared_data: Path, mo
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
     assert main(["classify", "--model", str(models["ms"]), "--input", ms, "--out", str(out), "--quiet"]) == 0
     assert len(list(out.glob("*.csv"))) == 1  # the tiles table, written once the folder is free
+
+
+def classify_cli(model: Path, inputs: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["classify", "--model", str(model), "--input", *map(str, inputs), "--out", str(out), "--quiet", *extra]
+
+
+def visible(folder: Path) -> list[str]:
+    """What a user sees in the folder, and any partial file an atomic write left (the lock aside)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+
+
+@pytest.mark.parametrize("failing", ["classes", "probs"])
+def test_a_full_disk_while_writing_a_map_names_it_and_leaves_nothing(
+        failing: str, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): a full disk while writing a map gave no path, and the maps already written blocked a
+    rerun. The scene's error names the map being written and says the disk is full; no map of the failed
+    scene stays (the class map committed before its probabilities failed is removed); the rerun maps it."""
+    import geossl.io as io_module
+    import geossl.predict.maps as maps_module
+
+    scene = write_synthetic_scene(tmp_path / "s.tif", 160, 128, nodata=None)
+    out = tmp_path / "out"
+    real_copy = maps_module.rio_copy
+
+    def copy_until_full(src: object, dst: object, **kwargs: object) -> None:
+        if f"s_{failing}.tif" not in Path(str(dst)).name:
+            return real_copy(src, dst, **kwargs)
+        if failing == "classes":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RasterioIOError("Write failed. See previous exception for details.")  # GDAL's words: no errno
+
+    monkeypatch.setattr(maps_module, "rio_copy", copy_until_full)
+    if failing == "probs":
+        monkeypatch.setattr(io_module, "disk_is_full", lambda folder: True)
+    assert main(classify_cli(models["rgb"], [scene], out, "--probs")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"geossl classify: error: {scene}: {out / f's_{failing}.tif'}: cannot write (the disk is full)"
+    assert visible(out) == ["manifest.jsonl"]  # no map, no partial or stream file
+    monkeypatch.undo()
+    assert main(classify_cli(models["rgb"], [scene], out, "--probs")) == 0
+    assert {"s_classes.tif", "s_probs.tif", "s_tiles.geojson"} <= set(visible(out))
+
+
+def test_a_full_disk_while_writing_the_tiles_table_leaves_neither_table(
+        models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The GeoJSON is complete before the CSV's last rows reach the disk: when they do not fit, the GeoJSON
+    went too, else it alone refused the rerun ("predictions.geojson already exists")."""
+    import geossl.predict.tiles as tiles_module
+
+    tiles = [write_synthetic_scene(tmp_path / f"t{i}.tif", 64, 64, nodata=None, origin=(5e5 + 640 * i, 5e6))
+             for i in range(3)]
+    out = tmp_path / "out"
+
+    class FullAtClose(io.StringIO):
+        def close(self) -> None:  # the buffered rows are written only now, and do not fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiles_module, "open", lambda *args, **kwargs: FullAtClose(), raising=False)
+    assert main(classify_cli(models["rgb"], tiles, out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"geossl classify: error: {out / 'predictions.csv'}: cannot write (the disk is full)"
+    assert visible(out) == []
+    monkeypatch.undo()
+    assert main(classify_cli(models["rgb"], tiles, out)) == 0
+    assert visible(out) == ["predictions.csv", "predictions.geojson"]
+
+
+def test_a_tile_far_larger_than_the_models_is_named_in_a_warning(
+        models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): a 3000 x 3000 JPEG was classified as one tile (about 2 GB) without a word. A tile
+    over LARGE_TILE_FACTOR x the model's size is named with the way to map it (small images here: the
+    factor is lowered to 2, so 160 px > 2 x 64 px)."""
+    import geossl.predict.tiles as tiles_module
+
+    monkeypatch.setattr(tiles_module, "LARGE_TILE_FACTOR", 2)
+    rng = np.random.default_rng(0)
+    jpeg, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    Image.fromarray(rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)).save(jpeg)
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(small)  # 2 x 64: no warning
+    assert main(classify_cli(models["rgb"], [jpeg, small], tmp_path / "o1", "--no-check-stats")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: {jpeg}: 160x160 px is over 2x the model's 64 px tile, yet classified as one tile "
+                        "(one label, memory growing with its size); to map it window by window, georeference it "
+                        "(a GeoTIFF with a CRS) and pass --mode scene, or cut it into tiles"]
+    scene = write_synthetic_scene(tmp_path / "scene.tif", 160, 160, nodata=None)
+    assert main(classify_cli(models["rgb"], [scene], tmp_path / "o2", "--mode", "tiles", "--no-check-stats")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {scene}: 160x160 px is over 2x")
+    assert warnings[0].endswith("; to map it window by window, pass --mode scene")

@@ -1,7 +1,10 @@
-"""Split tables, input checks and the feature cache (reused when unchanged, rebuilt when the encoder changes)."""
+"""Split tables, input checks and the feature cache (reused when unchanged, rebuilt when the encoder changes;
+a full disk is one line naming the cache file)."""
 
 from __future__ import annotations
 
+import errno
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +12,10 @@ import pytest
 import torch
 from encoder_helpers import COLOURS, make_encoder, make_patches
 from PIL import Image
+from safetensors import SafetensorError
 
 import geossl.probe.features as features_mod
+from geossl.cli import main
 from geossl.models.encoder import load_encoder
 from geossl.probe.features import cached_features, load_split_table
 from geossl.probe.run import ProbeOptions, cls_part, run_probe
@@ -58,6 +63,27 @@ def test_bad_split_tables(tmp_path: Path) -> None:
         f.unlink()
     with pytest.raises(ValueError, match=r"class 'Forest' has 2 example\(s\)"):
         load_split_table(data)
+
+
+def test_a_file_in_two_splits_spelled_two_ways_names_plain_split_names(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): one file listed relative in a train row and absolute in a test row passes the CSV's
+    own check and is caught on the table's numpy split array, whose message read "in both the
+    np.str_('train') and the np.str_('test') split". It now reads 'train' and 'test', also from the CLI."""
+    from geossl.cli import main
+
+    data = make_patches(tmp_path / "data", n_per_class=4)
+    ok = [(f"{c}/{c}_{i}.png", c, ("train", "train", "val", "test")[i]) for c in COLOURS for i in range(4)]
+    leak = write_csv(tmp_path / "leak.csv", [*ok, (str(data / ok[0][0]), ok[0][1], "test")])
+    message = "is in both the 'train' and the 'test' split"
+    with pytest.raises(ValueError, match=message) as refused:
+        load_split_table(data, leak)
+    assert "np.str_" not in str(refused.value) and str(data / ok[0][0]) in str(refused.value)
+    encoder = make_encoder(tmp_path / "enc")
+    assert main(["probe", "--encoder", str(encoder), "--data", str(data), "--splits", str(leak),
+                 "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "np.str_" not in err
 
 
 def test_feature_cache_reuse_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,3 +190,32 @@ def test_relative_data_folder_with_splits_csv(tmp_path: Path, monkeypatch: pytes
     enc_dir = make_encoder(tmp_path / "enc", img_size=16, embed_dim=48, seed=1)
     feats, cache = cached_features(load_encoder(enc_dir), enc_dir, table, "cls", Path("cache"))
     assert feats.shape == (12, 48) and cache["hit"] is False
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # what it raises
+])
+def test_a_full_disk_at_the_feature_cache_is_one_line_and_a_rerun_works(
+        error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): a full disk while writing the feature cache was a raw SafetensorError traceback."""
+    data = make_patches(tmp_path / "data", n_per_class=6)
+    enc = make_encoder(tmp_path / "enc", img_size=16, embed_dim=48, depth=1)
+    args = ["probe", "--encoder", str(enc), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "0",
+            "--device", "cpu", "--no-random-baseline", "--weight-decays", "1e-2"]
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(features_mod.safetensors.torch, "save_file", disk_full)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    cache = tmp_path / "out" / "cache"
+    assert "Traceback" not in err and err.count("error") == 1, err
+    last = err.splitlines()[-1].split("\r")[-1]  # after the extraction's progress bar
+    assert re.fullmatch(rf".*geossl probe: error: {re.escape(str(cache))}/features-\w+\.safetensors: cannot write "
+                        r"\(the disk is full\)", last), err
+    assert not list(cache.glob("features-*")) and not list(cache.glob(".*partial"))  # nothing half-written
+    monkeypatch.undo()
+    assert main(args) == 0  # the interrupted run's folder (a cache only) does not block the rerun
+    assert list(cache.glob("features-*.safetensors"))

@@ -62,6 +62,10 @@ def test_reflectance_scene_refused_then_rescaled(tmp_path: Path) -> None:
         dst.write(np.where(data == 0, 0, data.astype(np.uint16) * 40 + 3000))
     with pytest.raises(ValueError, match=r"refl.tif: band \d values .*--rescale percentile"):
         classify_scene(model, str(scene), tmp_path / "o", progress=False)
+    # the hint names the command that has --rescale: embed, change, probe and finetune print it too (#23)
+    with pytest.raises(ValueError, match=r"geossl classify --rescale percentile maps .*; --no-check-stats"):
+        with ModelSceneReader(str(scene), model.meta) as reader:
+            reader.check_statistics()
     res = classify_scene(model, str(scene), tmp_path / "o", rescale="percentile", progress=False, stride=16)
     with ModelSceneReader(str(scene), model.meta, rescale="percentile") as reader:
         sample = reader.sample_pixels()  # valid pixels only, already rescaled: the nodata collar is ignored
