@@ -9,6 +9,7 @@ import pytest
 import rasterio
 
 from geossl.cli import main
+from geossl.demo import map_classifier
 
 TINY = ["model.extra={depth: 2, embed_dim: 96, num_heads: 3}", "data.limit=256", "data.batch_size=32",
         "optim.epochs=2", "augment.n_local=2", "head.out_dim=256", "head.hidden_dim=128", "head.bottleneck_dim=64",
@@ -79,9 +80,24 @@ def test_demo_pretrain_probe_classify(shared_data, tmp_path, capsys):
         assert dst.crs == src.crs and dst.count == 1 and dst.dtypes[0] == "uint8"
         assert src.bounds.left <= dst.bounds.left and dst.bounds.right <= src.bounds.right + 1e-6
     assert Path(summary["scene_preview"]).exists()
+    # the map's classifier is the one that did better on val: the fine-tuned model or the frozen linear head
+    tuned = json.loads((run / "finetune/metrics.json").read_text())
+    tuned_wins = tuned["chosen"]["val_top1"] >= metrics["linear_val_top1"]
+    assert summary["map_classifier"].startswith("fine-tuned model" if tuned_wins else "frozen linear head")
 
     # running it again reuses every finished step instead of overwriting
     before = (run / "pretrain/encoder/model.safetensors").read_bytes()
     assert main(["demo", "--run-dir", str(run), "--data", str(shared_data), "--splits", str(splits),
                  "--labels-per-class", "5,all", "--seeds", "1", "--finetune-epochs", "2", *TINY]) == 0
     assert (run / "pretrain/encoder/model.safetensors").read_bytes() == before
+
+
+def test_the_map_uses_the_classifier_that_is_better_on_val(tmp_path: Path) -> None:
+    probe = {"linear_val_top1": 0.859, "model_dir": str(tmp_path / "probe/model")}
+    tuned = {"chosen": {"val_top1": 0.844}, "model_dir": str(tmp_path / "finetune/model")}
+    path, name = map_classifier(probe, tuned)
+    assert path == tmp_path / "probe/model" and name == "frozen linear head (val 85.9% vs fine-tuned 84.4%)"
+    tuned["chosen"]["val_top1"] = 0.9
+    path, name = map_classifier(probe, tuned)
+    assert path == tmp_path / "finetune/model" and name.startswith("fine-tuned model (val 90.0%")
+

@@ -6,14 +6,20 @@ Each case is refused or reported in one line naming the file or option, never wi
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import geossl.data.shards as shards
 from geossl.cli import main
+from geossl.config import load_config
 from geossl.data.shards import ChipPlan, ShardDataset, cut_shards
+from geossl.demo import STEP_SETTINGS, add_arguments, refuse_changed_settings, step_settings
 from geossl.io import RunLock
+from geossl.settings import REPO_ROOT
 
 NAIP = "naip_5m_north_dakota_2019.tif"
 
@@ -318,3 +324,68 @@ def test_cutting_chips_leaves_the_callers_ctrl_c_handler_in_place(tmp_path: Path
     assert main(["chips", "--scenes", str(scene), "--out", str(tmp_path / "chips"), "--tile-size", "64",
                      "--count", "8", "--workers", "1"]) == 0
     assert signal.getsignal(signal.SIGINT) is before
+
+
+DEMO_CONFIG = str(REPO_ROOT / "configs" / "demo.yaml")
+
+
+def demo_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--config", DEMO_CONFIG, *argv])
+
+
+def finished_demo(run: Path, data: Path) -> dict[str, int]:
+    """A run folder as a finished ``geossl demo`` (default options) leaves it, as far as its reuse check reads
+    it: the pretraining's config.yaml and summary, the probe's and fine-tune's metrics and recorded options.
+    Returns {file: mtime} of everything in it, to show a refusal changed nothing."""
+    pre = run / "pretrain"
+    pre.mkdir(parents=True)
+    cfg = load_config(DEMO_CONFIG, [f"data.root={data}"])
+    (pre / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (pre / "summary.json").write_text(json.dumps({"status": "finished"}))
+    for step, settings in step_settings(demo_args()).items():
+        (run / step).mkdir()
+        (run / step / "metrics.json").write_text(json.dumps({"encoder": str(pre / "encoder"), "baselines": {}}))
+        (run / step / STEP_SETTINGS).write_text(json.dumps(settings))
+    return {str(p): p.stat().st_mtime_ns for p in run.rglob("*")}
+
+
+@pytest.mark.parametrize(("argv", "difference"), [
+    (["optim.epochs=7"], "optim.epochs: {epochs} in the run folder, 7 now"),
+    (["--seeds", "5"], "--seeds: 3 in the run folder, 5 now"),
+    (["--finetune-epochs", "4"], "--finetune-epochs: 1.5 in the run folder, 4.0 now"),
+    (["--labels-per-class", "5,all"], '--labels-per-class: [5, 10, 50, 100, "all"] in the run folder, [5, "all"] now'),
+])
+def test_demo_refuses_new_settings_for_a_finished_run_folder(argv: list[str], difference: str, tmp_path: Path,
+                                                             shared_data: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23): a re-run of ``geossl demo`` into a finished run folder reused every step and silently
+    ignored new overrides and options. Now it refuses in one line naming the difference, before any work."""
+    run = tmp_path / "demo"
+    before = finished_demo(run, shared_data)
+    epochs = load_config(DEMO_CONFIG).optim.epochs
+    rc, out, err = cli(capsys, ["demo", "--config", DEMO_CONFIG, "--run-dir", str(run), "--data", str(shared_data),
+                                "--offline", *argv])
+    assert rc == 1 and out == "", err
+    assert err == (f"geossl demo: error: {run}: holds a finished demo made with other settings "
+                   f"({difference.format(epochs=epochs)}); reusing it would ignore them: give a new --run-dir "
+                   "(nothing was changed)")
+    assert {str(p): p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_demo_reuses_a_finished_run_folder_when_nothing_differs(tmp_path: Path, shared_data: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command (the progress bar aside, which changes no result) passes the check; a step finished
+    by an older geossl, which recorded no options, is reused with a note saying so."""
+    run = tmp_path / "demo"
+    finished_demo(run, shared_data)
+    settings = step_settings(demo_args())
+    for overrides in ([], ["trainer.progress_bar=false"]):
+        refuse_changed_settings(run, load_config(DEMO_CONFIG, [f"data.root={shared_data}", *overrides]), settings)
+    assert capsys.readouterr().err == ""
+    (run / "probe" / STEP_SETTINGS).unlink()
+    refuse_changed_settings(run, load_config(DEMO_CONFIG, [f"data.root={shared_data}"]), settings)
+    assert capsys.readouterr().err.strip() == (
+        f"geossl demo: note: {run / 'probe'} was made by an older geossl that did not record its options "
+        "(--labels-per-class, --seeds, --splits); it is reused as it is")
