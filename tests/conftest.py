@@ -46,14 +46,19 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def moto_server(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto server bound to 127.0.0.1 on a free port; yields its endpoint URL (http://127.0.0.1:PORT).
 
-    Also points boto3 (AWS_ENDPOINT_URL) and GDAL (AWS_S3_ENDPOINT, no scheme) at it.
+    Also points boto3 (AWS_ENDPOINT_URL) and GDAL (AWS_S3_ENDPOINT, no scheme) at it. moto keeps its buckets
+    in the process, not in the server, so each test starts from an empty account (moto's reset API): two tests
+    that use the same bucket name must not see each other's objects, whatever order they run in.
     """
+    import urllib.request
+
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_S3_ENDPOINT", f"{host}:{port}")
     monkeypatch.setenv("AWS_HTTPS", "NO")
