@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -200,6 +201,24 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
     return steps
 
 
+def start_sampler_at_step(sampler: ResumableSampler, trainer: L.Trainer, batch_size: int, per_epoch: int) -> None:
+    """Point the sampler at the trainer's restored step (0 for a fresh run), and on a resume say so in one line.
+
+    Lightning's own resume messages ("restoring states", "dataloader is not resumable") are silenced in
+    :func:`geossl.dino.train.fit_resumable`: they describe Lightning's loaders, not this sampler, whose order
+    is a function of (seed, epoch) alone, so starting it at the sample reached continues the run bitwise."""
+    step = trainer.global_step  # restored from the checkpoint before the loader is built
+    epoch, batch_in_epoch = divmod(step, per_epoch)
+    sampler.start_at(epoch, batch_in_epoch * batch_size)
+    sampler.set_epoch(epoch)
+    if step and trainer.is_global_zero:
+        seen = step * batch_size * trainer.world_size
+        print(f"geossl: resumed {trainer.ckpt_path or 'the checkpoint'} at step {step} (epoch {epoch}, batch "
+              f"{batch_in_epoch} of {per_epoch}, {seen} samples seen); weights, optimiser, schedules, random "
+              "state and data order restored, so the run continues as if it had not stopped",
+              file=sys.stderr, flush=True)
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Builds the loader once the trainer knows the rank, world size and the restored step."""
 
@@ -225,10 +244,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.sampler = ResumableSampler(n, cfg.seed, trainer.global_rank, trainer.world_size,
                                         order=getattr(self.dataset, "epoch_order", None))
         per_epoch = steps_per_epoch(n, cfg.data.batch_size, trainer.world_size)
-        done = trainer.global_step  # restored from the checkpoint before this hook runs
-        epoch, batch_in_epoch = divmod(done, per_epoch)
-        self.sampler.start_at(epoch, batch_in_epoch * cfg.data.batch_size)
-        self.sampler.set_epoch(epoch)
+        start_sampler_at_step(self.sampler, trainer, cfg.data.batch_size, per_epoch)
         workers = cfg.data.num_workers
         return DataLoader(
             _EpochAwareDataset(self.dataset, self.sampler),

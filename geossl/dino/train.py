@@ -254,9 +254,28 @@ def _pretrain_locked(cfg: Config, paths: RunPaths, resume: str, user_callbacks: 
     return summary
 
 
+_LIGHTNING_NOISE = ("💡 Tip:", "Restoring states from", "Restored all states")
+
+
+class _LightningNoiseFilter(logging.Filter):
+    """Drops Lightning's advertisement and its resume lines (geossl prints its own, which says what was
+    restored: :func:`geossl.dino.data.start_sampler_at_step`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Install the filter once on the logger behind Lightning's ``rank_zero_info`` (pretrain and finetune)."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _LightningNoiseFilter) for f in log.filters):
+        log.addFilter(_LightningNoiseFilter())
+
+
 def _build_trainer(cfg: Config, accelerator: str, run_dir: Path, callbacks: list[L.Callback],
                    resume_step: int | None) -> L.Trainer:
     """The Lightning Trainer; ``trainer.kwargs`` passes any other Trainer argument through."""
+    quiet_lightning()
     return L.Trainer(
         accelerator=accelerator,
         devices=cfg.trainer.devices,
@@ -293,6 +312,8 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: L.L
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*is not resumable.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        # Lightning 2.6 calls a torch pytree API that torch 2.9 deprecates; nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
         except SIGTERMException:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from geossl.dino.bad_files import BadFileMonitor
-from geossl.dino.data import ResumableSampler, init_worker, steps_per_epoch
+from geossl.dino.data import ResumableSampler, init_worker, start_sampler_at_step, steps_per_epoch
 from geossl.finetune.augment import augment_batch, mix_batch, soft_targets, step_generator
 from geossl.finetune.config import FinetuneConfig
 from geossl.finetune.network import ClassifierNet, param_groups
@@ -158,9 +158,7 @@ class FinetuneDataModule(L.LightningDataModule):
         order = self._balanced_order if cfg.optim.balanced_sampling else None
         sampler = ResumableSampler(n, cfg.seed, trainer.global_rank, trainer.world_size, order=order)
         per_epoch = steps_per_epoch(n, cfg.optim.batch_size, trainer.world_size)
-        epoch, batch_in_epoch = divmod(trainer.global_step, per_epoch)
-        sampler.start_at(epoch, batch_in_epoch * cfg.optim.batch_size)
-        sampler.set_epoch(epoch)
+        start_sampler_at_step(sampler, trainer, cfg.optim.batch_size, per_epoch)
         self.sampler = sampler
         return self._loader(self.train, sampler=sampler, drop_last=True, persistent=True)
 

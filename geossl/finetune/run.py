@@ -30,7 +30,7 @@ from geossl.dino.callbacks import FinalCheckpoint, SigtermCheckpoint
 from geossl.dino.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from geossl.dino.data import steps_per_epoch
 from geossl.dino.run_folder import RunLock, check_writable, clean_partial_files
-from geossl.dino.train import fit_resumable
+from geossl.dino.train import fit_resumable, quiet_lightning
 from geossl.finetune.config import FinetuneConfig
 from geossl.finetune.module import FinetuneDataModule, FinetuneModule, prepared
 from geossl.finetune.network import ClassifierNet, apply_mode, export_model, probe_head, trainable_encoder
@@ -122,6 +122,7 @@ def _trainer(cfg: FinetuneConfig, out: Path, callbacks: list[L.Callback], total_
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     precision = cast("_PRECISION_INPUT", cfg.trainer.precision if cfg.trainer.precision != "auto" else (
         "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"))  # a config string Lightning checks
+    quiet_lightning()
     return L.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_steps=total_steps, max_epochs=-1,
         val_check_interval=max(1, round(cfg.trainer.val_every_epochs * per_epoch)), check_val_every_n_epoch=None,
@@ -212,7 +213,6 @@ def _check_resume(out: Path, cfg: FinetuneConfig, opts: FinetuneOptions, resume:
         if key in old and old[key] != value:
             raise ValueError(f"{resume}: checkpoint was made with {key}={old[key]}, this run asks for {value}; "
                              "use the same settings to resume, or --overwrite / another --out to start afresh")
-    print(f"geossl finetune: resuming from {resume}", file=sys.stderr)
 
 
 @torch.no_grad()
