@@ -51,6 +51,25 @@ def test_chips_refuses_a_second_run_on_the_same_out(scenes_dir: Path, tmp_path: 
     assert not (out / shards.META_FILE).exists() and not (out / shards.PARTS_DIR).exists()
 
 
+@pytest.mark.parametrize("mode", [["--count", "4"], ["--grid"]])
+def test_chips_of_an_all_nodata_scene_is_one_line_naming_it(mode: list[str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Random chips fail inside a LitData worker, which hands back its whole traceback as the message."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    scene = tmp_path / "all_nodata.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.zeros((3, 96, 96), "uint8"))
+    argv = ["chips", "--scenes", str(scene), "--out", str(tmp_path / "chips"), "--tile-size", "32", "--workers", "1"]
+    rc, _, err = cli(capsys, [*argv, *mode])
+    assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("geossl chips: error:") and "90% valid pixels" in err
+    assert str(scene) in err and "--min-valid" in err
+
+
 def test_a_resumed_cut_recuts_truncated_and_altered_chunks(scenes_dir: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import litdata
@@ -217,6 +236,37 @@ def test_pretrain_with_a_mistyped_model_extra_is_one_line(tmp_path: Path, capsys
                               "model.extra={depth: six, embed_dim: 48, num_heads: 3}"])
     assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "key 'model.extra.depth': timm cannot build 'vit_tiny_patch16_224' with depth='six'" in err
+
+
+def test_pretraining_on_a_truncated_chips_chunk_is_one_line_naming_it(scenes_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """LitData trusts index.json and would wait for the missing bytes until a time-out minutes later."""
+    from dino_helpers import TINY
+
+    chips = tmp_path / "chips"
+    cut_shards(ChipPlan(scenes=[str(scenes_dir / NAIP)], tile_size=32, mode="random", count=32, stride=None,
+                        bands=[1, 2, 3], min_valid_fraction=0.5, seed=0, part_size=32),
+               chips, chunk_bytes="20KB", progress=False)
+    chunks = sorted(chips.glob("chunk-*.bin"))
+    assert len(chunks) > 1
+    ShardDataset(str(chips))  # whole: accepted
+    full = chunks[1].stat().st_size
+    with open(chunks[1], "r+b") as fh:
+        fh.truncate(full // 2)
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"bands": ["r", "g", "b"], "mean": [110.0] * 3, "std": [50.0] * 3,
+                                 "p2": [0.0] * 3, "p98": [255.0] * 3, "dtype": "uint8"}))
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    rc, _, err = cli(capsys, ["pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), *TINY,
+                              "data.kind=shards",
+                              f"data.paths=[{chips}]", f"data.stats={stats}"])
+    assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{chunks[1]}: damaged chips chunk, {full // 2} bytes where index.json records {full}" in err
+    assert "--overwrite" in err
+    chunks[2 % len(chunks)].unlink()
+    with pytest.raises(ValueError, match=r"chunk-.*\.bin: damaged chips chunk, .* \(and 1 more of \d+ chunks\)"):
+        ShardDataset(str(chips))
 
 
 def test_an_encoder_whose_timm_kwargs_are_bad_is_named(tmp_path: Path) -> None:

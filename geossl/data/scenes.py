@@ -193,7 +193,8 @@ class RandomTileDataset(torch.utils.data.Dataset):
         tried = "; ".join(f"{self.scenes[s].uri} (best {f:.0%})" for s, f in best.items())
         raise ValueError(
             f"no {size}px tile with >= {self.min_valid_fraction:.0%} valid pixels in {MAX_DRAWS} draws "
-            f"(item {i}, epoch {epoch}): {tried}. Lower min_valid_fraction or check the nodata value."
+            f"(item {i}, epoch {epoch}): {tried}. Lower the valid share a tile needs "
+            "(data.min_valid_fraction; --min-valid for geossl chips) or check the nodata value."
         )
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from dataclasses import asdict, dataclass
@@ -136,13 +137,33 @@ def _damaged_chunks(folder: Path) -> int:
     damaged = 0
     for chunk in chunks:
         path = folder / chunk["filename"]
-        size = path.stat().st_size if path.is_file() else -1
-        if size != int(chunk["chunk_bytes"]) or (
+        if _size_problem(path, int(chunk["chunk_bytes"])) or (
                 sums is not None and sums.get(chunk["filename"]) != file_hash(path, "sha256")):
             damaged += 1
     if not damaged and sums is None:
         _record_checksums(folder)
     return damaged
+
+
+def _size_problem(path: Path, expected: int) -> str | None:
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    return None if size == expected else f"{size} bytes where index.json records {expected}"
+
+
+def check_chunk_sizes(folder: Path) -> None:
+    """Refuse a chips folder with a missing, truncated or grown chunk, naming it, before training reads it:
+    LitData trusts ``index.json`` and waits for the missing bytes until it times out minutes later."""
+    chunks = json.loads((folder / INDEX_FILE).read_text()).get("chunks") or []
+    problems = [(folder / c["filename"], _size_problem(folder / c["filename"], int(c["chunk_bytes"])))
+                for c in chunks]
+    bad = [(path, problem) for path, problem in problems if problem]
+    if bad:
+        path, problem = bad[0]
+        more = f" (and {len(bad) - 1} more of {len(chunks)} chunks)" if len(bad) > 1 else ""
+        raise ValueError(f"{path}: damaged chips chunk, {problem}{more}; cut the chips again "
+                         "(geossl chips ... --overwrite)")
 
 
 def _has_chunks(folder: Path) -> bool:
@@ -201,6 +222,11 @@ def cut_shards(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1,
             litdata.optimize(fn=cutter, inputs=specs[k * plan.part_size : (k + 1) * plan.part_size],
                              output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=max(1, workers),
                              verbose=progress, reorder_files=False, start_method="fork")
+        except RuntimeError as exc:
+            cause = worker_error(exc)
+            if cause is None:
+                raise
+            raise ValueError(cause) from None
         finally:
             # LitData's DataProcessor installs its own SIGINT handler and never puts the caller's back
             signal.signal(signal.SIGINT, sigint)
@@ -208,7 +234,9 @@ def cut_shards(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1,
     # a part whose windows were all below min_valid holds no chunk (LitData leaves its config empty)
     folders = [str(parts / f"part-{k:05d}") for k in range(n_parts) if _has_chunks(parts / f"part-{k:05d}")]
     if not folders:
-        raise ValueError(f"no chip of the {len(dataset.scenes)} scene(s) has {plan.min_valid_fraction:.0%} valid pixels")
+        named = ", ".join(scene.uri for scene in dataset.scenes[:3]) + (", ..." if len(dataset.scenes) > 3 else "")
+        raise ValueError(f"no chip of the {len(dataset.scenes)} scene(s) ({named}) has {plan.min_valid_fraction:.0%} "
+                         "valid pixels; lower --min-valid or check the scenes' nodata value")
     if len(folders) == 1:
         for item in Path(folders[0]).iterdir():
             if item.name != CHECKSUMS_FILE:
@@ -220,6 +248,22 @@ def cut_shards(plan: ChipPlan, out: str | os.PathLike[str], *, workers: int = 1,
     atomic_write_json(out / META_FILE, meta)
     shutil.rmtree(parts, ignore_errors=True)
     return meta
+
+
+_ERROR_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception): (.+)$", re.MULTILINE)
+
+
+def worker_error(exc: BaseException) -> str | None:
+    """The message of the error a LitData worker raised, or None when ``exc`` is not one.
+
+    LitData hands a worker's failure to the caller as a RuntimeError whose text is the worker's whole
+    formatted traceback; in a chained traceback the original error is printed first, so its
+    ``SomeError: message`` line (which names the scene, see :meth:`RandomTileDataset.draw`) is the first."""
+    text = str(exc)
+    if "Traceback (most recent call last)" not in text:
+        return None
+    match = _ERROR_LINE.search(text)
+    return match.group(1).strip() if match else None
 
 
 def _describe(out: Path, plan: ChipPlan, dataset: RandomTileDataset, resumed_parts: int,
@@ -292,6 +336,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir  # s3:// shards: where they are mirrored (default ~/.cache/geossl/shards)
         self.chunk_sizes = [int(n) for n in self.meta["chunk_sizes"]]
         self._pid, self._ds = -1, None
+        if not self.input_dir.startswith("s3://"):
+            check_chunk_sizes(Path(self.input_dir))  # an s3:// prefix: its mirror, once synced (_local_dir)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -326,6 +372,7 @@ class ShardDataset(torch.utils.data.Dataset):
         with open(local.parent / f"{local.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sync_prefix(self.input_dir.rstrip("/") + "/", local)
+        check_chunk_sizes(local)
         return str(local)
 
     def __len__(self) -> int:
