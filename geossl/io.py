@@ -214,7 +214,11 @@ class RunLock:
         self._handle: Any = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder}: {self.option} names a file; {self.what} writes a folder there "
+                                     f"(choose another {self.option})")
+        folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -439,3 +439,37 @@ def test_demo_reuses_a_finished_run_folder_when_nothing_differs(tmp_path: Path, 
     assert capsys.readouterr().err.strip() == (
         f"geossl demo: note: {run / 'probe'} was made by an older geossl that did not record its options "
         "(--labels-per-class, --seeds, --splits); it is reused as it is")
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "chips"])
+def test_an_output_folder_that_is_a_file_is_one_line_naming_the_option(command: str, tmp_path: Path,
+                                                                      scenes_dir: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (#23 sweep): the folder lock's mkdir said only "File exists"."""
+    target = tmp_path / "a_file"
+    target.write_text("keep me\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    from encoder_helpers import make_encoder
+
+    encoder = make_encoder(tmp_path / "encoder", depth=1) if command == "finetune" else None
+    argv = {
+        "pretrain": ["pretrain", "--config", str(config), "--run-dir", str(target)],
+        "finetune": ["finetune", "--encoder", str(encoder), "--out", str(target), "--baselines", "none"],
+        "chips": chips_argv(scenes_dir, target),
+    }[command]
+    rc, _, err = cli(capsys, argv)
+    option = "--run-dir" if command == "pretrain" else "--out"
+    assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.endswith(f"{target}: {option} names a file; geossl {command} writes a folder there "
+                        f"(choose another {option})"), err
+    assert target.read_text() == "keep me\n"
+
+
+def test_an_encoder_given_as_a_file_says_to_give_its_folder(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    not_an_encoder = tmp_path / "weights.bin"
+    not_an_encoder.write_bytes(b"\x00\x01")
+    rc, _, err = cli(capsys, ["finetune", "--encoder", str(not_an_encoder), "--out", str(tmp_path / "ft"),
+                              "--baselines", "none"])
+    assert rc == 1 and len(err.splitlines()) == 1 and "give the encoder's folder (holding geossl.json)" in err, err

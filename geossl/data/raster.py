@@ -120,7 +120,16 @@ def open_raster(uri: str) -> Any:
         remote = uri.startswith("/vsi") or "://" in uri
         missing = not os.path.exists(uri) if not remote else "does not exist" in str(exc)
         kind = FileNotFoundError if missing else ValueError
-        raise kind(f"{uri}: cannot open as a raster ({exc})") from None
+        raise kind(f"{uri}: cannot open as a raster ({gdal_reason(exc)})") from None
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words for a rasterio error: rasterio raises "Read failed. See previous exception for
+    details." and chains GDAL's message (e.g. "IReadBlock failed ... TIFFReadEncodedTile() failed") as the
+    cause, which a one-line error would otherwise drop."""
+    while exc.__cause__ is not None and "See previous exception" in str(exc):
+        exc = exc.__cause__
+    return str(exc)
 
 
 def comparable_nodata(nodata: float | None, dtype: np.dtype) -> Any:
@@ -272,7 +281,8 @@ class WindowReader:
                 explicit = plan.mask_bands or plan.alpha_band is not None
                 gdal_mask = self._explicit_mask(window) if explicit else None
         except RasterioError as exc:
-            raise ValueError(f"{self.uri}: cannot read window {(col, row, width, height)} ({exc})") from None
+            raise ValueError(f"{self.uri}: cannot read window {(col, row, width, height)} ({gdal_reason(exc)})"
+                             ) from None
         valid, non_finite = _validity(data, plan.nodata, gdal_mask)
         if non_finite is not None:  # NaN/inf -> the band's fill value: tensors and statistics never see them
             for band, value, bad in zip(data, plan.fill, non_finite, strict=True):

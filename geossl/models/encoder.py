@@ -235,7 +235,8 @@ def read_meta(path: str | Path) -> EncoderMeta:
     try:
         data = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
+        hint = "" if path.is_dir() else f"; give the encoder's folder (holding {META_FILE})"
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}){hint}") from None
     return EncoderMeta.from_json(data, str(meta_path))
 
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rasterio.crs import CRS
-from rasterio.errors import CRSError
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 from tqdm.auto import tqdm
 
 from geossl.argtypes import positive_int
@@ -94,7 +94,8 @@ def scenes_only_options(args: argparse.Namespace) -> str:
 
 
 def check_mosaic_crs(text: str) -> None:
-    """Refuse a --mosaic-crs rasterio cannot read, in one line and before any work."""
+    """Refuse a --mosaic-crs PROJ cannot read, in one line and before any work (pyproj, not rasterio, whose
+    GDAL prints its own "ERROR 1: PROJ ..." line to stderr first)."""
     try:
         CRS.from_user_input(text)
     except CRSError as exc:

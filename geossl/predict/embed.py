@@ -197,7 +197,7 @@ def embed_inputs(
         stream = GeoParquetStream(tmp, dim)
         try:
             batch: list[Item] = []
-            bar = tqdm(unit="tile", disable=not progress, leave=False)
+            bar = tqdm(unit="tile", disable=not progress, leave=False, delay=1.0)  # no bar before an early error
             for item in itertools.chain(items(), [None]):
                 if batch and (item is None or len(batch) == batch_size or batch[0].image.shape != item.image.shape):
                     emb = run_batches(features, np.stack([b.image for b in batch]), device)

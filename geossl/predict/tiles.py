@@ -277,7 +277,7 @@ def classify_tiles(
             writer = csv.writer(fh)
             writer.writerow(header)
             gj = None  # opened at the first georeferenced tile: JPEG folders get no GeoJSON at all
-            bar = stack.enter_context(tqdm(total=len(uris), unit="tile", disable=not progress, leave=False))
+            bar = stack.enter_context(tqdm(total=len(uris), unit="tile", disable=not progress, leave=False, delay=1.0))
             for batch in batched_by_shape(iter_tiles(uris, meta, bands, skipped), batch_size):
                 images = np.stack([t.image for t in batch])
                 if check_stats and n == 0:

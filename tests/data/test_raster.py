@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from geossl.data import raster as raster_layer
 from geossl.data import scenes
 from geossl.data.raster import (
+    WindowReader,
     axis_plan,
     comparable_nodata,
     parse_band_indices,
@@ -422,3 +423,19 @@ def test_raster_env_sets_gdal_options_for_local_files_and_hot_paths_skip_it(
     reader = raster_layer.WindowReader(ds, [1], str(path), own_env=True)
     assert reader.read(0, 0, 4, 4)[1].all()
     reader.close()
+
+
+def test_a_truncated_tiff_names_the_file_and_gdals_reason(tmp_path: Path) -> None:
+    """Regression (#23 sweep): rasterio's "Read failed. See previous exception for details." hid GDAL's words."""
+    whole, cut = tmp_path / "whole.tif", tmp_path / "cut.tif"
+    with rasterio.open(whole, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", tiled=True,
+                       blockxsize=64, blockysize=64, crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (3, 256, 256), dtype=np.uint8))
+    cut.write_bytes(whole.read_bytes()[:5000])  # the header and the first tiles' offsets, not their bytes
+    with rasterio.open(cut) as ds:
+        reader = WindowReader(ds, [1, 2, 3], str(cut))
+        with pytest.raises(ValueError) as caught:
+            reader.read(0, 0, 256, 256)
+    message = str(caught.value)
+    assert message.startswith(f"{cut}: cannot read window (0, 0, 256, 256) (")
+    assert "See previous exception" not in message and "failed" in message.split("(0, 0, 256, 256)")[1]

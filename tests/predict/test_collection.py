@@ -154,9 +154,11 @@ def test_classify_writes_vrts_mosaic_collection_and_areas_for_the_folder(
 
 
 def test_a_bad_mosaic_crs_is_refused_before_any_work(scenes_dir: Path, model: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """capfd: GDAL's own "ERROR 1: PROJ" line went to the process's stderr before geossl's (#23 sweep)."""
     out = tmp_path / "maps"
     assert classify(model, [scenes_dir / LANDSAT], out, "--mosaic-crs", "EPSG:999999") != 0
-    err = capsys.readouterr().err
-    assert "--mosaic-crs EPSG:999999: not a CRS" in err and "Traceback" not in err
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("geossl classify: error: --mosaic-crs EPSG:999999: not a CRS") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
     assert not list(out.glob("*_classes.tif")) if out.exists() else True
