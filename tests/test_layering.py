@@ -92,7 +92,7 @@ ALLOWED: dict[str, set[str]] = {
     "finetune": FOUNDATION | CONFIG | {"data", "models", "dino", "labels", "probe"},
     "cloud": FOUNDATION | CONFIG | {"data", "dino", "finetune"},
 }
-ENTRY = {"cli", "demo", "__init__"}  # may import anything
+ENTRY = {"cli", "__main__", "demo", "__init__"}  # may import anything
 
 
 def unit_of(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""``geossl sagemaker launch|local``: send pretraining to SageMaker, or rehearse the container here.
+"""``geossl sagemaker launch|local|classify|embed``: send pretraining to SageMaker, or rehearse the
+container here; classify or embed an archive of scenes as a Processing job (:mod:`geossl.cloud.processing`).
 
 ``launch`` builds the training job from a job YAML (``--dry-run`` prints the request and sends
 nothing). ``local`` runs ``sagemaker/train.py`` on this machine exactly as the container would: an
@@ -46,10 +47,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "its checkpoints/ persist, so running again resumes an interrupted job "
                                       "like a spot restart; a finished job there is refused, not overwritten")
     local.add_argument("--nproc", type=int, default=2, help="torchrun processes (CPU); 0 = no torchrun (default 2)")
+    for command in ("classify", "embed"):
+        model = "land-cover model folder (geossl probe/finetune)" if command == "classify" else "encoder folder"
+        p = sub.add_parser(command, help=f"{command} the scenes of an S3 prefix as a SageMaker Processing job",
+                           description=f"geossl {command} over every scene under --scenes, spread over "
+                                       "compute.instance_count instances (ShardedByS3Key); each instance writes "
+                                       "OUT/JOB/<host>/ with its own manifest.jsonl.")
+        p.add_argument("--config", required=True, help="job YAML: aws, compute (an ml.* CPU or GPU type), image")
+        p.add_argument("--model", required=True, help=f"S3 prefix of the {model} (a local folder with --local)")
+        p.add_argument("--scenes", required=True, help="S3 prefix of the scenes (a local folder with --local)")
+        p.add_argument("--out", required=True, help="S3 prefix for the outputs (a local folder with --local)")
+        p.add_argument("--args", default="", help=f"options of geossl {command}, quoted: --args '--tile-size 64 --probs'")
+        p.add_argument("--dry-run", action="store_true", help="print the CreateProcessingJob request; send nothing")
+        p.add_argument("--wait", action="store_true", help="wait for the job and stream its logs")
+        p.add_argument("--local", action="store_true",
+                       help="rehearse here: compute.instance_count processes, each over its share of the scenes")
+        p.add_argument("overrides", nargs="*", help="job config key=value (compute.instance_count=4)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("classify", "embed"):
+        return _process(args)
     return _launch(args) if args.action == "launch" else _local(args)
+
+
+def _process(args: argparse.Namespace) -> int:
+    """A Processing job (or its rehearsal) of ``geossl classify`` / ``embed`` over an archive."""
+    from geossl.cloud.processing import ProcessingJob, launch_processing, rehearse
+
+    cfg = load_job_config(args.config, args.overrides)
+    job = ProcessingJob(args.action, args.model, args.scenes, args.out, shlex.split(args.args))
+    if args.local:
+        out = Path(args.out)
+        with RunLock(out, what=f"geossl sagemaker {args.action} --local", option="--out"):
+            code = rehearse(job, cfg.compute.instance_count, out / ".rehearsal")
+        print(f"rehearsal: {cfg.compute.instance_count} instance(s) -> {out}/algo-*; exit {code}", file=sys.stderr)
+        return code
+    result = launch_processing(cfg, job, dry_run=args.dry_run, wait=args.wait)
+    if args.dry_run:
+        print(json.dumps(result.request, indent=2))
+        print(f"dry run: nothing sent; would create {result.job_name} and upload {len(result.uploads)} files (code); "
+              f"outputs: {result.output_uri}/<host>/", file=sys.stderr)
+        return 0
+    print(f"launched {result.job_name}: {result.status}; outputs: {result.output_uri}/<host>/", file=sys.stderr)
+    return 0
 
 
 def _launch(args: argparse.Namespace) -> int:

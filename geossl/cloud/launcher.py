@@ -63,7 +63,7 @@ class SageMakerSDKMissing(RuntimeError):
     """The optional SageMaker SDK is not installed."""
 
 
-def _sdk() -> SimpleNamespace:
+def sagemaker_sdk() -> SimpleNamespace:
     """Import the SDK pieces lazily; a missing SDK is a one-line install hint, not a traceback."""
     try:
         configs = importlib.import_module("sagemaker.core.training.configs")
@@ -112,7 +112,7 @@ def image_uri(cfg: JobConfig, region: str) -> str:
     """The AWS PyTorch training image for the version, region and instance type (no network call)."""
     if cfg.image.uri:
         return cfg.image.uri
-    sdk = _sdk()
+    sdk = sagemaker_sdk()
     try:
         return sdk.image_uris.retrieve(
             framework="pytorch",
@@ -147,10 +147,11 @@ def resolve_training_config(cfg: JobConfig, source_root: Path) -> Path:
     return found.resolve()
 
 
-def stage_source(source_root: Path, training_config: Path, dest: Path) -> str:
-    """Copy exactly what the container needs (package, configs, entry point) into ``dest``.
+def stage_source(source_root: Path, training_config: Path | None, dest: Path) -> str:
+    """Copy exactly what the container needs (package, configs, the ``sagemaker/`` entry points) into ``dest``.
 
-    Returns the training config's path inside the staged tree (what the ``config`` hyperparameter says).
+    Returns the training config's path inside the staged tree (what the ``config`` hyperparameter says;
+    "" for a Processing job, which has none).
     """
     entry = source_root / ENTRY_SCRIPT
     if not entry.is_file():
@@ -159,12 +160,12 @@ def stage_source(source_root: Path, training_config: Path, dest: Path) -> str:
     shutil.copytree(source_root / "geossl", dest / "geossl", ignore=ignore)
     if (source_root / "configs").is_dir():
         shutil.copytree(source_root / "configs", dest / "configs", ignore=ignore)
-    (dest / "sagemaker").mkdir(parents=True)
-    for rel in (ENTRY_SCRIPT, REQUIREMENTS):
-        shutil.copy2(source_root / rel, dest / rel)
+    shutil.copytree(source_root / "sagemaker", dest / "sagemaker", ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         if (source_root / name).is_file():
             shutil.copy2(source_root / name, dest / name)
+    if training_config is None:
+        return ""
     try:
         return training_config.relative_to(source_root.resolve()).as_posix()
     except ValueError:  # a config outside the checkout travels with the code
@@ -218,7 +219,7 @@ def check_input_prefix(s3_client: Any, uri: str) -> int:
 
 def build_trainer(cfg: JobConfig, aws: AwsSettings, staged: Path, config_rel: str, boto_session: Any) -> tuple[Any, list]:
     """The ``ModelTrainer`` and its input channels; builds objects only, sends nothing."""
-    sdk = _sdk()
+    sdk = sagemaker_sdk()
     k, compute = sdk.configs, cfg.compute
     session = sdk.Session(boto_session=boto_session, default_bucket=aws.bucket, default_bucket_prefix=aws.prefix or None)
     wait: dict[str, int] = {}
@@ -259,7 +260,7 @@ def build_trainer(cfg: JobConfig, aws: AwsSettings, staged: Path, config_rel: st
     return trainer, inputs
 
 
-class _Offline:
+class OfflineAws:
     """Answers every AWS call locally (dry run): records what would be sent, sends nothing."""
 
     class _Http:
@@ -272,9 +273,13 @@ class _Offline:
         self.bucket = bucket
         self.calls: list[str] = []
         self.uploads: list[str] = []
+        self.requests: dict[str, dict] = {}  # API parameters of the operations asked for (record_request)
 
     def record_upload(self, params: dict, **_: Any) -> None:
         self.uploads.append(f"s3://{params.get('Bucket')}/{params.get('Key')}")
+
+    def record_request(self, params: dict, model: Any, **_: Any) -> None:
+        self.requests[model.name] = dict(params)
 
     def __call__(self, model: Any, params: dict, **_: Any) -> tuple[Any, dict]:
         op = model.name
@@ -287,7 +292,7 @@ class _Offline:
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str) -> Any:
+def environment_variable(name: str, value: str) -> Any:
     """Set one environment variable for the block, restoring what was there before."""
     before = os.environ.get(name)
     os.environ[name] = value
@@ -329,7 +334,7 @@ def launch(
         boto_session = boto3.Session(region_name=aws.region, **keys)
     offline = None
     if dry_run:
-        offline = _Offline(aws.bucket)
+        offline = OfflineAws(aws.bucket)
         boto_session.events.register("before-call.*.*", offline)
         boto_session.events.register("provide-client-params.s3.PutObject", offline.record_upload)
     elif cfg.input.check:
@@ -339,7 +344,7 @@ def launch(
         config_rel = stage_source(source_root, training_config, staged)
         # The SDK checks the role's IAM policies and trust (GetRole, SimulatePrincipalPolicy) when the trainer
         # is built; a dry run asks AWS nothing, so that check is left to the real launch.
-        with _environment("SAGEMAKER_VALIDATE_ROLE", "false") if dry_run else contextlib.nullcontext():
+        with environment_variable("SAGEMAKER_VALIDATE_ROLE", "false") if dry_run else contextlib.nullcontext():
             trainer, inputs = build_trainer(cfg, aws, staged, config_rel, boto_session)
         result = LaunchResult(job_name="", run_name=cfg.run_name, checkpoint_uri=checkpoint_uri(aws, cfg.run_name),
                               output_uri=run_uri(aws, cfg.run_name, "output"))

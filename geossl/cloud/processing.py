@@ -1,0 +1,229 @@
+"""``geossl sagemaker classify`` / ``embed``: one SageMaker Processing job over an archive of scenes.
+
+SageMaker splits the scenes under an S3 prefix across the job's instances itself (``ShardedByS3Key``:
+each instance receives about 1/N of the objects), copies the model folder whole to every instance, and
+each instance runs the ordinary ``geossl classify`` (or ``embed``) on its share into ``output/<host>/``,
+which SageMaker uploads to ``OUT/<job name>/<host>/``: nothing of one instance can replace another's, and
+each host folder carries its own ``manifest.jsonl`` and folder products. The container image and the
+code are the training job's (the AWS PyTorch image, the staged geossl checkout, its requirements).
+
+The request is built by the SDK's own ``FrameworkProcessor``; ``--dry-run`` answers every AWS call
+locally and prints the CreateProcessingJob request it would send. :func:`rehearse` runs the same entry
+point here, one process per simulated instance, over a ``/opt/ml/processing``-like tree per instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geossl.cloud.job_config import AwsSettings, ConfigError, JobConfig, parse_s3_uri, resolve_aws
+from geossl.cloud.launcher import (
+    REQUIREMENTS,
+    LaunchResult,
+    OfflineAws,
+    environment_variable,
+    image_uri,
+    job_name_for,
+    sagemaker_sdk,
+    stage_source,
+)
+from geossl.settings import REPO_ROOT
+
+PROCESS_SCRIPT = "sagemaker/process.py"
+PROCESSING_ROOT = "/opt/ml/processing"
+COMMANDS = ("classify", "embed")
+MODEL_OPTION = {"classify": "--model", "embed": "--encoder"}  # the command's flag for the model folder
+
+
+@dataclass
+class ProcessingJob:
+    """What to run: ``command`` over the scenes under ``scenes``, with the model folder ``model``, into ``out``
+    (S3 prefixes for a job, local folders for a rehearsal); ``args`` go to the command unchanged."""
+
+    command: str
+    model: str
+    scenes: str
+    out: str
+    args: list[str]
+
+    def check(self, remote: bool) -> None:
+        if self.command not in COMMANDS:
+            raise ConfigError(f"processing: command must be one of {', '.join(COMMANDS)}, got {self.command!r}")
+        for flag in ("--model", "--encoder", "--input", "--out"):
+            if flag in self.args:
+                raise ConfigError(f"--args: {flag} is set by the job (--model, --scenes and --out of this command)")
+        for option, value in (("--model", self.model), ("--scenes", self.scenes), ("--out", self.out)):
+            if remote:
+                parse_s3_uri(value, option)
+            elif option != "--out" and not Path(value).is_dir():
+                raise FileNotFoundError(f"{value}: {option} must be a local folder for a rehearsal")
+
+
+def container_args(job: ProcessingJob) -> list[str]:
+    """The entry point's arguments: the command, then the command's own options."""
+    return [job.command, *job.args]
+
+
+def build_processor(cfg: JobConfig, aws: AwsSettings, boto_session: Any) -> Any:
+    """The SDK's FrameworkProcessor (the training image, the job's compute and tags); sends nothing."""
+    sdk = sagemaker_sdk()
+    from sagemaker.core.processing import FrameworkProcessor
+
+    session = sdk.Session(boto_session=boto_session, default_bucket=aws.bucket, default_bucket_prefix=aws.prefix or None)
+    return FrameworkProcessor(
+        image_uri=image_uri(cfg, aws.region), role=aws.role, instance_count=cfg.compute.instance_count,
+        instance_type=cfg.compute.instance_type, command=["python3"], volume_size_in_gb=cfg.compute.volume_size_gb,
+        max_runtime_in_seconds=cfg.compute.max_run_minutes * 60, base_job_name=cfg.run_name,
+        sagemaker_session=session, env={"PYTHONUNBUFFERED": "1", **cfg.environment},
+        tags=[{"Key": k, "Value": v} for k, v in {"geossl:run": cfg.run_name, **cfg.tags}.items()],
+    )
+
+
+def inputs_outputs(job: ProcessingJob, job_name: str) -> tuple[list[Any], list[Any]]:
+    """Scenes sharded by key, the model replicated, one output folder uploaded at the end of the job."""
+    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+
+    def s3_input(name: str, uri: str, distribution: str) -> Any:
+        return ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
+            s3_uri=uri, local_path=f"{PROCESSING_ROOT}/input/{name}", s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_data_distribution_type=distribution))
+
+    out = ProcessingOutput(output_name="output", s3_output=ProcessingS3Output(
+        s3_uri=f"{job.out.rstrip('/')}/{job_name}", local_path=f"{PROCESSING_ROOT}/output", s3_upload_mode="EndOfJob"))
+    return [s3_input("scenes", job.scenes, "ShardedByS3Key"), s3_input("model", job.model, "FullyReplicated")], [out]
+
+
+def launch_processing(cfg: JobConfig, job: ProcessingJob, *, dry_run: bool = False, wait: bool = False,
+                      boto_session: Any = None, source_root: Path | None = None,
+                      env: dict[str, str] | None = None) -> LaunchResult:
+    """Create the Processing job (or, with ``dry_run``, build its request with every AWS call answered here)."""
+    job.check(remote=True)
+    source_root = Path(source_root or REPO_ROOT)
+    aws = resolve_aws(cfg, env)
+    job_name = job_name_for(cfg.run_name)
+    image_uri(cfg, aws.region)  # an unknown version/region fails before any work
+    import boto3
+
+    if boto_session is None:
+        keys = {"aws_access_key_id": "DRYRUN", "aws_secret_access_key": "DRYRUN"} if dry_run else {}
+        boto_session = boto3.Session(region_name=aws.region, **keys)
+    offline = OfflineAws(aws.bucket) if dry_run else None
+    if offline is not None:
+        boto_session.events.register("before-call.*.*", offline)
+        boto_session.events.register("provide-client-params.s3.PutObject", offline.record_upload)
+        boto_session.events.register("provide-client-params.sagemaker.CreateProcessingJob", offline.record_request)
+    result = LaunchResult(job_name=job_name, run_name=cfg.run_name, checkpoint_uri="",
+                          output_uri=f"{job.out.rstrip('/')}/{job_name}")
+    with tempfile.TemporaryDirectory(prefix="geossl-sagemaker-src-") as tmp:
+        staged = Path(tmp) / "source"
+        stage_source(source_root, None, staged)
+        inputs, outputs = inputs_outputs(job, job_name)
+        role_check = environment_variable("SAGEMAKER_VALIDATE_ROLE", "false") if dry_run else contextlib.nullcontext()
+        try:
+            with role_check:
+                processor = build_processor(cfg, aws, boto_session)
+                processor.run(code=PROCESS_SCRIPT, source_dir=str(staged), requirements=REQUIREMENTS,
+                              inputs=inputs, outputs=outputs, arguments=container_args(job), wait=wait and not dry_run,
+                              logs=wait and not dry_run, job_name=job_name)
+        finally:
+            if offline is not None:
+                boto_session.events.unregister("before-call.*.*", offline)
+                boto_session.events.unregister("provide-client-params.s3.PutObject", offline.record_upload)
+                boto_session.events.unregister("provide-client-params.sagemaker.CreateProcessingJob",
+                                               offline.record_request)
+    if offline is not None:
+        result.request = json.loads(json.dumps(offline.requests.get("CreateProcessingJob"), default=str))
+        result.uploads, result.status = sorted(offline.uploads), "DryRun"
+    else:
+        result.status = "InProgress" if not wait else "Completed"
+    return result
+
+
+# --- the container side -------------------------------------------------------------------------------
+
+
+def current_host(root: Path) -> str:
+    """This instance's name (``algo-1``...) from SageMaker's resource config; ``algo-1`` where there is none."""
+    config = root / "config" / "resourceconfig.json"
+    if not config.is_file():
+        return "algo-1"
+    return str(json.loads(config.read_text()).get("current_host") or "algo-1")
+
+
+def container_command(argv: list[str], root: Path) -> list[str] | None:
+    """``geossl COMMAND --model|--encoder MODEL --input SCENES --out OUTPUT/HOST ARGS...`` for this
+    instance, or None when its share of the scenes is empty (more instances than scenes)."""
+    if not argv or argv[0] not in COMMANDS:
+        raise ValueError(f"processing entry point: the first argument must be one of {', '.join(COMMANDS)}")
+    command, *args = argv
+    processing = root / "processing"
+    scenes = processing / "input" / "scenes"
+    if not scenes.is_dir() or not any(p.is_file() for p in scenes.rglob("*")):
+        return None
+    out = processing / "output" / current_host(root)
+    target = out / "embeddings.parquet" if command == "embed" else out
+    return [command, MODEL_OPTION[command], str(processing / "input" / "model"), "--input", str(scenes),
+            "--out", str(target), *args]
+
+
+def container_main(argv: list[str], root: Path | None = None) -> int:
+    """Run this instance's share; the exit status is the command's (1 when a scene failed). The command
+    runs as ``python -m geossl`` from this checkout (the cloud layer does not import the command line)."""
+    root = Path(root or os.environ.get("GEOSSL_OPT_ML", "/opt/ml"))
+    command = container_command(argv, root)
+    if command is None:
+        print(f"geossl processing: {current_host(root)} received no scene (more instances than scenes); nothing to do",
+              flush=True)
+        return 0
+    (root / "processing" / "output" / current_host(root)).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.call([sys.executable, "-m", "geossl", *command], env=env)
+
+
+# --- the local rehearsal ------------------------------------------------------------------------------
+
+
+def shard_by_key(files: list[Path], instances: int) -> list[list[Path]]:
+    """Whole files dealt to instances in key order, as ShardedByS3Key gives each about 1/N of the objects."""
+    ordered = sorted(files, key=lambda p: p.as_posix())
+    return [ordered[i::instances] for i in range(instances)]
+
+
+def rehearse(job: ProcessingJob, instances: int, workdir: Path) -> int:
+    """Run the entry point here as ``instances`` processes, each over its share of ``job.scenes`` in its own
+    ``/opt/ml``-like tree under ``workdir``, writing into ``job.out/<host>/`` as the job's upload would."""
+    job.check(remote=False)
+    scenes_root = Path(job.scenes)
+    files = [p for p in scenes_root.rglob("*") if p.is_file()]
+    out = Path(job.out)
+    procs = []
+    for i, share in enumerate(shard_by_key(files, instances), start=1):
+        root = workdir / f"algo-{i}"
+        for rel in (p.relative_to(scenes_root) for p in share):
+            link = root / "processing" / "input" / "scenes" / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to((scenes_root / rel).resolve())
+        (root / "processing" / "input").mkdir(parents=True, exist_ok=True)
+        model_link = root / "processing" / "input" / "model"
+        model_link.unlink(missing_ok=True)
+        model_link.symlink_to(Path(job.model).resolve())
+        out.mkdir(parents=True, exist_ok=True)
+        output_link = root / "processing" / "output"
+        output_link.unlink(missing_ok=True)
+        output_link.symlink_to(out.resolve())
+        (root / "config").mkdir(parents=True, exist_ok=True)
+        (root / "config" / "resourceconfig.json").write_text(json.dumps(
+            {"current_host": f"algo-{i}", "hosts": [f"algo-{k}" for k in range(1, instances + 1)]}))
+        env = {**os.environ, "GEOSSL_OPT_ML": str(root)}
+        procs.append(subprocess.Popen([sys.executable, str(REPO_ROOT / PROCESS_SCRIPT), *container_args(job)], env=env))
+    codes = [p.wait() for p in procs]
+    return max(codes)

@@ -1,0 +1,109 @@
+"""``geossl sagemaker classify|embed`` (issue #25): the Processing job request of a dry run (scenes sharded by
+key, the model replicated, one output prefix per job and host), the sharding rule against a reference, the
+container's command, and a two-instance local rehearsal whose maps equal a plain local ``geossl classify``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from bench.synthetic import make_tiny_model
+from geossl.cli import main
+from geossl.cloud.processing import container_command, shard_by_key
+from geossl.settings import REPO_ROOT
+
+JOB_YAML = REPO_ROOT / "configs" / "sagemaker_dino.yaml"
+ACCOUNT = ["aws.region=us-east-1", "aws.role=arn:aws:iam::123456789012:role/geossl-sagemaker",
+           "aws.bucket=geossl-test", "compute.instance_type=ml.c5.2xlarge", "compute.spot=false"]
+FAST = "--tile-size 32 --stride 64 --bands 1,2,3 --no-preview --quiet"
+LANDSAT, NAIP = "landsat7_300m_RGB.byte.tif", "naip_5m_north_dakota_2019.tif"
+
+
+def test_dry_run_shards_the_scenes_and_replicates_the_model(aws_env, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # a real call would head for amazonaws.com
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/model/",
+                 "--scenes", "s3://geossl-test/scenes/", "--out", "s3://geossl-test/maps", "--args", FAST,
+                 *ACCOUNT, "compute.instance_count=3", "run_name=maps"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    req = json.loads(out)
+    inputs = {i["InputName"]: i["S3Input"] for i in req["ProcessingInputs"]}
+    assert inputs["scenes"]["S3Uri"] == "s3://geossl-test/scenes/"
+    assert inputs["scenes"]["S3DataDistributionType"] == "ShardedByS3Key"
+    assert inputs["scenes"]["LocalPath"] == "/opt/ml/processing/input/scenes"
+    assert inputs["model"]["S3DataDistributionType"] == "FullyReplicated"
+    assert inputs["model"]["LocalPath"] == "/opt/ml/processing/input/model"
+    assert req["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 3
+    assert req["AppSpecification"]["ContainerArguments"] == ["classify", *FAST.split()]
+    assert "cpu" in req["AppSpecification"]["ImageUri"]  # an ml.c5 type gets the CPU image
+    (output,) = req["ProcessingOutputConfig"]["Outputs"]
+    job_name = req["ProcessingJobName"]
+    assert job_name.startswith("maps-") and output["S3Output"]["S3Uri"] == f"s3://geossl-test/maps/{job_name}"
+    assert "nothing sent" in err and f"s3://geossl-test/maps/{job_name}/<host>/" in err
+
+
+@pytest.mark.parametrize("bad", ["--out x", "--model m", "--input a.tif"])
+def test_options_the_job_sets_are_refused_in_args(bad: str, capsys) -> None:
+    code = main(["sagemaker", "embed", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/enc/",
+                 "--scenes", "s3://geossl-test/scenes/", "--out", "s3://geossl-test/emb/", "--args", bad, *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and f"--args: {bad.split()[0]} is set by the job" in err, err
+
+
+@pytest.mark.parametrize(("files", "instances"), [(7, 3), (2, 4), (6, 2), (1, 1)])
+def test_shard_by_key_deals_every_file_once_in_key_order(files: int, instances: int) -> None:
+    paths = [Path(f"s/{name}") for name in np.random.default_rng(files).permutation([f"f{i:02d}.tif" for i in range(files)])]
+    shards = shard_by_key(paths, instances)
+    ordered = sorted(paths)
+    expected = [[ordered[k] for k in range(files) if k % instances == i] for i in range(instances)]
+    assert shards == expected
+    assert sorted(p for shard in shards for p in shard) == ordered
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_the_container_runs_the_command_on_its_share_into_its_host_folder(tmp_path: Path) -> None:
+    root = tmp_path / "opt-ml"
+    assert container_command(["classify", "--probs"], root) is None  # no scene on this instance
+    (root / "processing" / "input" / "scenes").mkdir(parents=True)
+    (root / "processing" / "input" / "scenes" / "a.tif").write_bytes(b"x")
+    (root / "config").mkdir()
+    (root / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-2", "hosts": []}))
+    p = root / "processing"
+    assert container_command(["classify", "--probs"], root) == [
+        "classify", "--model", str(p / "input" / "model"), "--input", str(p / "input" / "scenes"),
+        "--out", str(p / "output" / "algo-2"), "--probs"]
+    assert container_command(["embed"], root)[1:3] == ["--encoder", str(p / "input" / "model")]
+    assert container_command(["embed"], root)[-1] == str(p / "output" / "algo-2" / "embeddings.parquet")
+    with pytest.raises(ValueError, match="first argument must be one of classify, embed"):
+        container_command(["pretrain"], root)
+
+
+def test_a_two_instance_rehearsal_makes_the_maps_of_a_local_run(scenes_dir: Path, tmp_path: Path, capsys) -> None:
+    model = make_tiny_model(tmp_path / "model", img_size=32)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i, name in enumerate([LANDSAT, NAIP, LANDSAT]):  # three objects: one instance gets two
+        shutil.copy(scenes_dir / name, scenes / f"s{i}_{name}")
+    assert main(["classify", "--model", str(model), "--input", str(scenes), "--out", str(tmp_path / "local"),
+                 *FAST.split()]) == 0
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--local", "--model", str(model), "--scenes",
+                 str(scenes), "--out", str(tmp_path / "job"), "--args", FAST, *ACCOUNT, "compute.instance_count=2"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    hosts = {p.parent.name: p.name for p in (tmp_path / "job").glob("algo-*/*_classes.tif")}
+    local = sorted((tmp_path / "local").glob("*_classes.tif"))
+    job = sorted((tmp_path / "job").glob("algo-*/*_classes.tif"), key=lambda p: p.name)
+    assert [p.name for p in job] == [p.name for p in local] and len(local) == 3
+    assert sorted(hosts) == ["algo-1", "algo-2"]  # both instances worked
+    for a, b in zip(local, job, strict=True):
+        with rasterio.open(a) as x, rasterio.open(b) as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+            assert x.transform == y.transform and x.crs == y.crs
+    for host in ("algo-1", "algo-2"):  # each host folder is a complete classify folder of its own
+        records = [json.loads(line) for line in (tmp_path / "job" / host / "manifest.jsonl").read_text().splitlines()]
+        done = {r["stem"] for r in records if r["status"] == "done"}
+        assert done == {p.name.removesuffix("_classes.tif") for p in (tmp_path / "job" / host).glob("*_classes.tif")}
