@@ -135,6 +135,13 @@ def plan_run(args: argparse.Namespace, marks: list[float], overrides: list[str])
     return plan
 
 
+def probe_order(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last mark first (the figure a goal is about, there even if the probing is cut short), then the
+    others from the earliest."""
+    ordered = sorted(snapshots, key=lambda t: t["mark"])
+    return ordered[-1:] + ordered[:-1]
+
+
 def probe_snapshot(snap: dict[str, Any], root: Path, args: argparse.Namespace, first: bool) -> dict[str, Any]:
     """Probe one snapshot on the test split, once: a finished probe's metrics.json is read back."""
     from geossl.probe.run import ProbeOptions, run_probe
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     points, baselines, metrics = [], {}, {}
-    for i, snap in enumerate(sorted(snaps.taken, key=lambda t: t["mark"])):
+    for i, snap in enumerate(probe_order(snaps.taken)):
         metrics = probe_snapshot(snap, root, args, first=i == 0)
         baselines = baselines or metrics.get("baselines", {})
         points.append({**snap, "linear_top1": metrics["linear_top1"], "knn_top1": metrics["knn_top1"],
@@ -189,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               f"k-NN {metrics['knn_top1']:.1%}", file=sys.stderr, flush=True)
     if not points:
         raise SystemExit("learning curve: no snapshot yet")
+    points.sort(key=lambda p: p["mark"])
     result = {
         "bench": "learning_curve", "config": args.config, "overrides": args.overrides, "sizing": plan["sizing"],
         "img_per_s": round(plan["img_per_s"], 1), "machine": machine(), "points": points,

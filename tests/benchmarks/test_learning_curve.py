@@ -29,6 +29,13 @@ def test_sized_overrides_fit_the_image_budget() -> None:
             assert abs(limit * epochs - images) <= epochs
 
 
+def test_the_last_mark_is_probed_first_then_the_rest_in_order() -> None:
+    curve = load_bench("learning_curve")
+    snaps = [{"mark": m} for m in (30.0, 120.0, 10.0, 60.0)]
+    assert [s["mark"] for s in curve.probe_order(snaps)] == [120.0, 10.0, 30.0, 60.0]
+    assert curve.probe_order([]) == [] and curve.probe_order([{"mark": 5.0}]) == [{"mark": 5.0}]
+
+
 @pytest.mark.slow
 def test_learning_curve_snapshots_and_probes(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     curve = load_bench("learning_curve")
