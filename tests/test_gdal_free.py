@@ -13,15 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a fresh interpreter pretrains and probes (~15 s): in make test, not make check
+
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = r"""
 import importlib.abc, json, sys
 from pathlib import Path
-
-import pytest
-
-pytestmark = pytest.mark.slow  # long (subprocesses, real data): in make test, not make check
 
 BLOCKED = {"rasterio", "torchgeo", "geopandas", "kornia", "affine", "pyproj", "shapely", "fiona", "osgeo"}
 

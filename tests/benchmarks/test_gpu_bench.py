@@ -32,6 +32,7 @@ def results(shared_data: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # the shared fixture runs the whole quick bench (~11 s): in make test, not the fast lane
 def test_gpu_step_quick_reports_a_real_step(results: dict[str, dict[str, Any]]) -> None:
     data = results["gpu_step"]
     assert data["bench"] == "gpu_step" and data["device"] == "cpu"
@@ -47,6 +48,7 @@ def test_gpu_step_quick_reports_a_real_step(results: dict[str, dict[str, Any]]) 
     assert row["recompiles"] == 0
 
 
+@pytest.mark.slow
 def test_gpu_e2e_quick_reads_real_data_through_the_loader(results: dict[str, dict[str, Any]]) -> None:
     data = results["gpu_e2e"]
     assert data["bench"] == "gpu_e2e"

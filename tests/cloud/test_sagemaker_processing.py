@@ -83,6 +83,7 @@ def test_the_container_runs_the_command_on_its_share_into_its_host_folder(tmp_pa
         container_command(["pretrain"], root)
 
 
+@pytest.mark.slow  # two container processes each start Python and torch
 def test_a_two_instance_rehearsal_makes_the_maps_of_a_local_run(scenes_dir: Path, tmp_path: Path, capsys) -> None:
     model = make_tiny_model(tmp_path / "model", img_size=32)
     scenes = tmp_path / "scenes"
