@@ -115,6 +115,7 @@ def test_metric_regexes_match_the_lines_training_prints():
 
 # --- the request actually sent ------------------------------------------------------------------
 
+@pytest.mark.slow  # a moto round trip (~4-5 s): in make test, not the fast lane
 def test_launch_sends_the_full_request_to_sagemaker(s3, monkeypatch):
     _upload_eurosat(s3, "eurosat/")
     cfg = load_job_config(JOB_YAML, [*ACCOUNT, f"input.s3_uri=s3://{BUCKET}/eurosat/", "input.mode=FastFile",
@@ -378,6 +379,7 @@ def test_numbers_typed_for_string_settings_stay_text():
     assert cfg.image.framework_version == "2.10" and cfg.run_name == "2024" and cfg.compute.instance_count == 3
 
 
+@pytest.mark.slow  # a moto round trip (~4-5 s): in make test, not the fast lane
 def test_cli_launch_and_wait_reports_the_finished_job(s3, monkeypatch, capsys):
     """``--wait`` polls the job to its end (moto completes jobs at once) and prints where things are."""
     _upload_eurosat(s3, "eurosat/", n=2)

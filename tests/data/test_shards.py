@@ -35,6 +35,7 @@ def raw_items(folder: Path) -> list[dict]:
     return [ds._dataset()[i] for i in range(len(ds))]
 
 
+@pytest.mark.slow  # LitData workers (~4-5 s): in make test, not the fast lane
 def test_chips_equal_rasterio_reads_of_their_windows(scenes_dir: Path, tmp_path: Path) -> None:
     scenes = [str(scenes_dir / NAIP), str(scenes_dir / LANDSAT)]
     meta = cut_shards(plan(scenes), tmp_path / "random", workers=2, chunk_bytes="40KB", progress=False)

@@ -92,6 +92,7 @@ def test_zero_fraction_stops_at_the_first_batch_with_a_bad_file(salted, tmp_path
         pretrain(tiny_config(data, stats, ["optim.epochs=1", "data.max_bad_fraction=0"]), tmp_path / "run")
 
 
+@pytest.mark.slow  # two tiny runs and a resume (~4-5 s): in make test, not the fast lane
 def test_resume_with_bad_files_is_bitwise_and_keeps_the_count(salted, tmp_path):
     """Substitution is a function of the index, and findings travel in the checkpoint: an interrupted and
     resumed run equals an uninterrupted one and reports the same files, found before and after."""

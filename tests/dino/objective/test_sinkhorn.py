@@ -105,6 +105,7 @@ def _sk_worker(rank: int, world: int, port: int, parts: list, result_dir: str) -
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes (~4-5 s): in make test, not the fast lane
 def test_sums_run_over_all_ranks(tmp_path):
     """Ranks with different numbers of rows (iBOT's masked patches; one with none) get the rows of the
     single-process result on the concatenated batch: B is the global count, every sum all-reduced."""
