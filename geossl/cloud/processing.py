@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,33 +198,30 @@ def shard_by_key(files: list[Path], instances: int) -> list[list[Path]]:
     return [ordered[i::instances] for i in range(instances)]
 
 
+def _link(link: Path, target: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.resolve())
+
+
 def rehearse(job: ProcessingJob, instances: int, workdir: Path) -> int:
     """Run the entry point here as ``instances`` processes, each over its share of ``job.scenes`` in its own
     ``/opt/ml``-like tree under ``workdir``, writing into ``job.out/<host>/`` as the job's upload would."""
     job.check(remote=False)
-    scenes_root = Path(job.scenes)
+    scenes_root, out = Path(job.scenes), Path(job.out)
     files = [p for p in scenes_root.rglob("*") if p.is_file()]
-    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, share in enumerate(shard_by_key(files, instances), start=1):
-        root = workdir / f"algo-{i}"
-        for rel in (p.relative_to(scenes_root) for p in share):
-            link = root / "processing" / "input" / "scenes" / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.unlink(missing_ok=True)
-            link.symlink_to((scenes_root / rel).resolve())
-        (root / "processing" / "input").mkdir(parents=True, exist_ok=True)
-        model_link = root / "processing" / "input" / "model"
-        model_link.unlink(missing_ok=True)
-        model_link.symlink_to(Path(job.model).resolve())
-        out.mkdir(parents=True, exist_ok=True)
-        output_link = root / "processing" / "output"
-        output_link.unlink(missing_ok=True)
-        output_link.symlink_to(out.resolve())
+        root, host = workdir / f"algo-{i}", f"algo-{i}"
+        shutil.rmtree(root / "processing" / "input" / "scenes", ignore_errors=True)  # an earlier rehearsal's share
+        for path in share:
+            _link(root / "processing" / "input" / "scenes" / path.relative_to(scenes_root), path)
+        _link(root / "processing" / "input" / "model", Path(job.model))
+        _link(root / "processing" / "output", out)
         (root / "config").mkdir(parents=True, exist_ok=True)
         (root / "config" / "resourceconfig.json").write_text(json.dumps(
-            {"current_host": f"algo-{i}", "hosts": [f"algo-{k}" for k in range(1, instances + 1)]}))
+            {"current_host": host, "hosts": [f"algo-{k}" for k in range(1, instances + 1)]}))
         env = {**os.environ, "GEOSSL_OPT_ML": str(root)}
         procs.append(subprocess.Popen([sys.executable, str(REPO_ROOT / PROCESS_SCRIPT), *container_args(job)], env=env))
-    codes = [p.wait() for p in procs]
-    return max(codes)
+    return max(p.wait() for p in procs)
