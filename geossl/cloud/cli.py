@@ -10,6 +10,8 @@ with several CPU processes, so the contract is exercised before an instance is p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -57,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help=f"S3 prefix of the {model} (a local folder with --local)")
         p.add_argument("--scenes", required=True, help="S3 prefix of the scenes (a local folder with --local)")
         p.add_argument("--out", required=True, help="S3 prefix for the outputs (a local folder with --local)")
-        p.add_argument("--args", default="", help=f"options of geossl {command}, quoted: --args '--tile-size 64 --probs'")
+        p.add_argument("--args", default="", help=f"options of geossl {command}, quoted: --args '--tile-size 64 --probs' "
+                                                          "(a lone flag: --args=--probs)")
         p.add_argument("--dry-run", action="store_true", help="print the CreateProcessingJob request; send nothing")
         p.add_argument("--wait", action="store_true", help="wait for the job and stream its logs")
         p.add_argument("--local", action="store_true",
@@ -77,6 +80,8 @@ def _process(args: argparse.Namespace) -> int:
 
     cfg = load_job_config(args.config, args.overrides)
     job = ProcessingJob(args.action, args.model, args.scenes, args.out, shlex.split(args.args))
+    job.check(remote=not args.local)
+    check_command_args(job.command, job.args)
     if args.local:
         out = Path(args.out)
         with RunLock(out, what=f"geossl sagemaker {args.action} --local", option="--out"):
@@ -91,6 +96,23 @@ def _process(args: argparse.Namespace) -> int:
         return 0
     print(f"launched {result.job_name}: {result.status}; outputs: {result.output_uri}/<host>/", file=sys.stderr)
     return 0
+
+
+def check_command_args(command: str, command_args: list[str]) -> None:
+    """Parse ``--args`` with ``geossl COMMAND``'s own parser now, so an option the command lacks (or a value
+    it refuses) stops here in one line instead of in the container after the instances are paid for."""
+    from geossl.cli import build_parser
+    from geossl.cloud.processing import MODEL_OPTION
+
+    argv = [command, MODEL_OPTION[command], "MODEL", "--input", "SCENES", "--out", "OUT", *command_args]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            build_parser(argv).parse_args(argv)
+    except SystemExit:
+        reason = errors.getvalue().strip().splitlines()[-1:] or ["not accepted"]
+        raise ConfigError(f"--args: geossl {command} refuses {shlex.join(command_args)!r}: "
+                          f"{reason[0].split('error: ', 1)[-1]}") from None
 
 
 def _launch(args: argparse.Namespace) -> int:

@@ -280,6 +280,9 @@ def parse_s3_uri(uri: str, setting: str) -> tuple[str, str]:
         bucket, prefix = split_s3_uri(uri or "")
     except ValueError:
         bucket, prefix = "", ""
+    if bucket and not BUCKET_RE.match(bucket) and "\n" not in (uri or ""):
+        raise ConfigError(f"{setting}: {uri!r}: {bucket!r} is not a bucket name S3 accepts "
+                          "(3-63 lower-case letters, digits, dots and hyphens)")
     if not BUCKET_RE.match(bucket) or "\n" in (uri or ""):
         raise ConfigError(f"{setting}: expected s3://bucket/prefix, got {uri!r}")
     return bucket, prefix

@@ -66,6 +66,19 @@ class ProcessingJob:
                 parse_s3_uri(value, option)
             elif option != "--out" and not Path(value).is_dir():
                 raise FileNotFoundError(f"{value}: {option} must be a local folder for a rehearsal")
+        for option, value in (("--scenes", self.scenes), ("--model", self.model)):
+            if _within(self.out, value, remote) or _within(value, self.out, remote):
+                raise ConfigError(f"--out {self.out} and {option} {value} overlap: the outputs would be read back "
+                                  f"as input by the next job; give --out a prefix of its own")
+
+
+def _within(inner: str, outer: str, remote: bool) -> bool:
+    """Whether ``inner`` is ``outer`` or below it: S3 prefixes by whole path segments, local folders resolved."""
+    if remote:
+        a, b = inner.rstrip("/") + "/", outer.rstrip("/") + "/"
+        return a.startswith(b)
+    a_path, b_path = Path(inner).resolve(), Path(outer).resolve()
+    return a_path == b_path or b_path in a_path.parents
 
 
 def container_args(job: ProcessingJob) -> list[str]:

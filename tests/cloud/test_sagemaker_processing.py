@@ -55,6 +55,53 @@ def test_options_the_job_sets_are_refused_in_args(bad: str, capsys) -> None:
     assert code == 1 and len(err.splitlines()) == 1 and f"--args: {bad.split()[0]} is set by the job" in err, err
 
 
+@pytest.mark.parametrize(("command", "bad", "reason"), [
+    ("classify", "--bogus 3", "unrecognized arguments: --bogus 3"),
+    ("classify", "--tile-size x", "argument --tile-size"),
+    ("embed", "--probs", "unrecognized arguments: --probs"),  # a classify option embed lacks
+])
+def test_args_the_command_refuses_stop_before_the_job(command: str, bad: str, reason: str, capsys) -> None:
+    """``--args`` is parsed by the command's own parser at launch, not first inside a paid-for container."""
+    code = main(["sagemaker", command, "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/m/",
+                 "--scenes", "s3://geossl-test/scenes/", "--out", "s3://geossl-test/o/", f"--args={bad}", *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert f"--args: geossl {command} refuses '{bad}'" in err and reason in err, err
+
+
+@pytest.mark.parametrize(("scenes", "out", "overlap"), [
+    ("s3://geossl-test/scenes/", "s3://geossl-test/scenes/maps/", True),
+    ("s3://geossl-test/scenes", "s3://geossl-test/scenes/", True),
+    ("s3://geossl-test/archive/", "s3://geossl-test/", True),  # the outputs' prefix holds the scenes
+    ("s3://geossl-test/scenes/", "s3://geossl-test/scenes-maps/", False),  # whole segments, not characters
+])
+def test_outputs_overlapping_the_scenes_are_refused(scenes: str, out: str, overlap: bool, aws_env, monkeypatch,
+                                                     capsys) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/m/",
+                 "--scenes", scenes, "--out", out, *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    if overlap:
+        assert code == 1 and "overlap: the outputs would be read back as input" in err, err
+    else:
+        assert code == 0, err
+
+
+def test_a_local_rehearsal_into_its_scenes_folder_is_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model").mkdir()
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--local", "--model", str(tmp_path / "model"),
+                 "--scenes", str(tmp_path), "--out", str(tmp_path / "maps"), *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "overlap" in err and not (tmp_path / "maps").exists(), err
+
+
+def test_a_bucket_name_s3_refuses_is_named(capsys) -> None:
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://ab/m/",
+                 "--scenes", "s3://geossl-test/scenes/", "--out", "s3://geossl-test/o/", *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "--model: 's3://ab/m/': 'ab' is not a bucket name S3 accepts" in err, err
+
+
 @pytest.mark.parametrize(("files", "instances"), [(7, 3), (2, 4), (6, 2), (1, 1)])
 def test_shard_by_key_deals_every_file_once_in_key_order(files: int, instances: int) -> None:
     paths = [Path(f"s/{name}") for name in np.random.default_rng(files).permutation([f"f{i:02d}.tif" for i in range(files)])]
