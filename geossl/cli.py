@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("geossl.predict.attention_cli", "DINO self-attention maps of a tile -> PNG"),
     "import-encoder": ("geossl.models.import_cli",
                        "public weights (timm, DINO, DINOv2/v3, torchgeo) -> an encoder; rename or adapt bands"),
-    "sagemaker": ("geossl.cloud.cli", "run pretraining as an Amazon SageMaker training job (launch, local)"),
+    "sagemaker": ("geossl.cloud.cli", "SageMaker: pretraining jobs (launch, local), archive maps and embeddings (classify, embed, merge)"),
 }
 
 

@@ -66,11 +66,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--local", action="store_true",
                        help="rehearse here: compute.instance_count processes, each over its share of the scenes")
         p.add_argument("overrides", nargs="*", help="job config key=value (compute.instance_count=4)")
+    merge = sub.add_parser("merge", help="one VRT, STAC Collection and areas.csv over a classify job's hosts",
+                           description="Gather the host folders of a `sagemaker classify` job (OUT/JOB/algo-*/) "
+                                       "into the products `geossl classify` writes for one folder, at OUT/JOB/.")
+    merge.add_argument("--out", required=True, help="the job's output: s3://OUT/JOB/ (or a local folder)")
+    merge.add_argument("--model", required=True, help="the land-cover model folder the job used (S3 or local)")
+    merge.add_argument("--cache", type=Path, default=None,
+                       help="local mirror of an S3 job (default runs/sagemaker-merge/JOB); reused by a later merge")
+    merge.add_argument("--mosaic", action="store_true", help="also one COG mosaic in one CRS")
+    merge.add_argument("--mosaic-crs", default=None, help="the mosaic's CRS (default: the most common)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action in ("classify", "embed"):
         return _process(args)
+    if args.action == "merge":
+        return _merge(args.out, args.model, args.cache, mosaic=args.mosaic, mosaic_crs=args.mosaic_crs)
     return _launch(args) if args.action == "launch" else _local(args)
 
 
@@ -87,7 +98,12 @@ def _process(args: argparse.Namespace) -> int:
         with RunLock(out, what=f"geossl sagemaker {args.action} --local", option="--out"):
             code = rehearse(job, cfg.compute.instance_count, out / ".rehearsal")
         print(f"rehearsal: {cfg.compute.instance_count} instance(s) -> {out}/algo-*; exit {code}", file=sys.stderr)
+        if args.action == "classify":
+            _merge(str(out), args.model, None)
         return code
+    if cfg.compute.spot:
+        print("note: SageMaker Processing has no spot capacity; compute.spot is ignored, the job runs on demand "
+              "(a failed job is relaunched into a new OUT/JOB/ and merged the same way)", file=sys.stderr)
     result = launch_processing(cfg, job, dry_run=args.dry_run, wait=args.wait)
     if args.dry_run:
         print(json.dumps(result.request, indent=2))
@@ -95,6 +111,19 @@ def _process(args: argparse.Namespace) -> int:
               f"outputs: {result.output_uri}/<host>/", file=sys.stderr)
         return 0
     print(f"launched {result.job_name}: {result.status}; outputs: {result.output_uri}/<host>/", file=sys.stderr)
+    if args.action == "classify":
+        if args.wait and result.status == "Completed":
+            return _merge(result.output_uri, args.model, None)
+        print(f"when it ends: geossl sagemaker merge --out {result.output_uri}/ --model {args.model}", file=sys.stderr)
+    return 0
+
+
+def _merge(out: str, model: str, cache: Path | None, *, mosaic: bool = False, mosaic_crs: str | None = None) -> int:
+    """The products over a classify job's host folders (:mod:`geossl.cloud.merge`); one summary line."""
+    from geossl.cloud.merge import merge_job
+
+    cache = cache or REPO_ROOT / "runs" / "sagemaker-merge" / (out.rstrip("/").rsplit("/", 1)[-1] or "job")
+    print(f"merge: {merge_job(out, model, cache, mosaic=mosaic, mosaic_crs=mosaic_crs)}", flush=True)
     return 0
 
 

@@ -106,8 +106,10 @@ def _is_current(path: Path, size: int, mtime: float | None) -> bool:
     return stat.st_size == size and (mtime is None or abs(stat.st_mtime - mtime) < 1e-3)
 
 
-def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str, skip: tuple[str, ...] = (".lock",)) -> list[str]:
-    """Upload every file below ``local_dir`` (recursive) to ``s3://bucket/prefix/<relative path>``.
+def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str, skip: tuple[str, ...] = (".lock",),
+               files: list[Path] | None = None) -> list[str]:
+    """Upload every file below ``local_dir`` (recursive; only ``files`` when given) to
+    ``s3://bucket/prefix/<relative path>``.
 
     Files named in ``skip`` (the folder's :class:`geossl.io.RunLock` file) stay local. No credentials,
     no network, a missing bucket or a refusal raise one ``OSError`` line naming the prefix and the cause,
@@ -123,7 +125,8 @@ def upload_dir(local_dir: str | os.PathLike[str], s3_uri: str, skip: tuple[str, 
     uploaded = []
     try:
         client = s3_client()
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in skip):
+        chosen = local_dir.rglob("*") if files is None else files
+        for path in sorted(p for p in chosen if p.is_file() and p.name not in skip):
             object_key = prefix + path.relative_to(local_dir).as_posix()
             client.upload_file(str(path), bucket, object_key)
             uploaded.append(f"s3://{bucket}/{object_key}")

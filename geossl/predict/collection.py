@@ -68,16 +68,20 @@ class SceneMap:
     files: dict[str, Path]
 
 
-def finished_maps(out_dir: Path, latest: dict[str, dict[str, Any]]) -> list[SceneMap]:
-    """The manifest's ``done`` scenes whose class map is present, in the manifest's order."""
+def finished_maps(out_dir: Path, latest: dict[str, dict[str, Any]], folder: Path | None = None) -> list[SceneMap]:
+    """The manifest's ``done`` scenes whose class map is present, in the manifest's order. ``folder`` is where
+    that manifest's outputs lie when it is a subfolder of ``out_dir`` (one instance's share of a Processing
+    job); its maps' stems then carry the subfolder (``algo-2/x``), so two instances' ``x`` stay apart."""
+    folder = out_dir if folder is None else folder
+    prefix = "" if folder == out_dir else f"{folder.relative_to(out_dir).as_posix()}/"
     maps = []
     for key, record in latest.items():
         if record.get("status") != "done":
             continue
-        files = {kind: out_dir / name for kind, name in (record.get("outputs") or {}).items()
-                 if isinstance(name, str) and (out_dir / name).is_file()}
+        files = {kind: folder / name for kind, name in (record.get("outputs") or {}).items()
+                 if isinstance(name, str) and (folder / name).is_file()}
         if "classes" in files:
-            maps.append(SceneMap(key, record["stem"], files))
+            maps.append(SceneMap(key, prefix + record["stem"], files))
     return maps
 
 
@@ -296,8 +300,8 @@ def write_collection(out_dir: Path, maps: Sequence[SceneMap], model_fields: dict
     collection.add_asset("model", pystac.Asset(link_href(model_path), title="land-cover model folder",
                                                roles=["mlm:model"]))
     doc = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    doc["links"] = [{"rel": "item", "href": f"./{m.files['stac'].name}", "type": "application/geo+json"}
-                    for m in maps if "stac" in m.files]
+    doc["links"] = [{"rel": "item", "href": f"./{m.files['stac'].relative_to(out_dir).as_posix()}",
+                     "type": "application/geo+json"} for m in maps if "stac" in m.files]
     atomic_write_json(out_dir / COLLECTION_NAME, doc)
     return out_dir / COLLECTION_NAME
 
@@ -305,7 +309,13 @@ def write_collection(out_dir: Path, maps: Sequence[SceneMap], model_fields: dict
 def write_products(out_dir: Path, latest: dict[str, dict[str, Any]], model: Any, model_path: str | Path,
                    *, dense: bool, mosaic: bool = False, mosaic_crs: str | None = None) -> str:
     """Every folder-level product over the folder's finished maps; returns the one-line summary."""
-    maps = finished_maps(out_dir, latest)
+    return products_of(out_dir, finished_maps(out_dir, latest), model, model_path, dense=dense, mosaic=mosaic,
+                       mosaic_crs=mosaic_crs)
+
+
+def products_of(out_dir: Path, maps: list[SceneMap], model: Any, model_path: str | Path, *, dense: bool,
+                mosaic: bool = False, mosaic_crs: str | None = None) -> str:
+    """The folder-level products of ``out_dir`` over ``maps`` (its own, or its subfolders'); the summary line."""
     if not maps:
         return "no finished map in the folder: no VRT, Collection or areas written"
     written: dict[str, Path] = {}

@@ -155,3 +155,9 @@ def test_a_two_instance_rehearsal_makes_the_maps_of_a_local_run(scenes_dir: Path
         records = [json.loads(line) for line in (tmp_path / "job" / host / "manifest.jsonl").read_text().splitlines()]
         done = {r["stem"] for r in records if r["status"] == "done"}
         assert done == {p.name.removesuffix("_classes.tif") for p in (tmp_path / "job" / host).glob("*_classes.tif")}
+    # the rehearsal ends with the merge: one Collection over both hosts' Items, areas of all three maps
+    collection = json.loads((tmp_path / "job" / "collection.json").read_text())
+    items = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    assert len(items) == 3 and all((tmp_path / "job" / href).is_file() for href in items)
+    areas = (tmp_path / "job" / "areas.csv").read_text()
+    assert {line.split(",")[0].split("/")[0] for line in areas.splitlines()[1:]} == {"algo-1", "algo-2"}
