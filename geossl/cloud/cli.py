@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "OUT/JOB/<host>/ with its own manifest.jsonl.")
         p.add_argument("--config", required=True, help="job YAML: aws, compute (an ml.* CPU or GPU type), image")
         p.add_argument("--model", required=True, help=f"S3 prefix of the {model} (a local folder with --local)")
-        p.add_argument("--scenes", required=True, help="S3 prefix of the scenes (a local folder with --local)")
+        p.add_argument("--scenes", required=True,
+                       help="S3 prefix of the scenes (a local folder with --local), or a scene list: a .txt of "
+                            "URIs, one per line, or a scene index .parquet (its uri column)")
         p.add_argument("--out", required=True, help="S3 prefix for the outputs (a local folder with --local)")
         p.add_argument("--args", default="", help=f"options of geossl {command}, quoted: --args '--tile-size 64 --probs' "
                                                           "(a lone flag: --args=--probs)")

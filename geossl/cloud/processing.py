@@ -54,6 +54,7 @@ class ProcessingJob:
     scenes: str
     out: str
     args: list[str]
+    scene_uris: list[str] | None = None  # set by check() when --scenes names a scene list or a scene index
 
     def check(self, remote: bool) -> None:
         if self.command not in COMMANDS:
@@ -61,15 +62,76 @@ class ProcessingJob:
         for flag in ("--model", "--encoder", "--input", "--out"):
             if flag in self.args:
                 raise ConfigError(f"--args: {flag} is set by the job (--model, --scenes and --out of this command)")
+        if Path(self.scenes).suffix.lower() in SCENE_LIST_SUFFIXES and not self.scenes.startswith("s3://"):
+            self.scene_uris = read_scene_list(Path(self.scenes), remote)
         for option, value in (("--model", self.model), ("--scenes", self.scenes), ("--out", self.out)):
+            if option == "--scenes" and self.scene_uris is not None:
+                continue
             if remote:
                 parse_s3_uri(value, option)
             elif option != "--out" and not Path(value).is_dir():
                 raise FileNotFoundError(f"{value}: {option} must be a local folder for a rehearsal")
-        for option, value in (("--scenes", self.scenes), ("--model", self.model)):
+        scene_roots = [self.scenes] if self.scene_uris is None else [shared_folder(self.scene_uris, remote)]
+        for option, value in [*(("--scenes", root) for root in scene_roots), ("--model", self.model)]:
             if _within(self.out, value, remote) or _within(value, self.out, remote):
                 raise ConfigError(f"--out {self.out} and {option} {value} overlap: the outputs would be read back "
                                   f"as input by the next job; give --out a prefix of its own")
+
+
+SCENE_LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+def read_scene_list(path: Path, remote: bool) -> list[str]:
+    """The scenes of a list file: text (one URI per line; blank lines and ``#`` comments skipped) or a scene
+    index (``geossl chips``' GeoParquet, or any Parquet with a ``uri`` column, e.g. the index filtered to an
+    area in a GIS). For a job every entry must be an ``s3://`` key (SageMaker fetches them), for a rehearsal
+    a local file; a duplicate is refused (it would be mapped twice), each error naming the list and entry."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scene list")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if "uri" not in table.column_names:
+            raise ConfigError(f"{path}: a scene index needs a 'uri' column (has {', '.join(table.column_names)})")
+        entries = [(i + 1, str(u)) for i, u in enumerate(table.column("uri").to_pylist()) if u]
+    else:
+        entries = [(i + 1, line.strip()) for i, line in enumerate(path.read_text().splitlines())
+                   if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise ConfigError(f"{path}: the scene list is empty")
+    seen: dict[str, int] = {}
+    for number, uri in entries:
+        if uri in seen:
+            raise ConfigError(f"{path}: entry {number} repeats entry {seen[uri]} ({uri})")
+        seen[uri] = number
+        if remote and not uri.startswith("s3://"):
+            raise ConfigError(f"{path}: entry {number} ({uri}) is not an s3:// key; a job reads its scenes from S3")
+        if not remote and not Path(uri).is_file():
+            raise FileNotFoundError(f"{path}: entry {number} ({uri}) is not a local file (a rehearsal reads local files)")
+    return [uri for _, uri in entries]
+
+
+def shared_folder(uris: list[str], remote: bool) -> str:
+    """The deepest folder (S3: ``s3://bucket/prefix/``) holding every scene of a list: the prefix of a
+    SageMaker manifest file, and where the rehearsal keeps the scenes' relative paths from."""
+    if remote:
+        buckets = {parse_s3_uri(u, "--scenes")[0] for u in uris}
+        if len(buckets) > 1:
+            raise ConfigError(f"--scenes: the list spans buckets {', '.join(sorted(buckets))}; one job reads one "
+                              "bucket (a SageMaker manifest file has one prefix): split the list")
+        keys = [u.split("/", 3)[3] if u.count("/") >= 3 else "" for u in uris]
+        common = os.path.commonpath(["/" + k for k in keys]).lstrip("/")
+        common = common if all(k != common for k in keys) else common.rsplit("/", 1)[0] if "/" in common else ""
+        return f"s3://{buckets.pop()}/" + (common + "/" if common else "")
+    return os.path.commonpath([str(Path(u).resolve().parent) for u in uris])
+
+
+def sagemaker_manifest(uris: list[str]) -> list[Any]:
+    """The manifest file SageMaker reads for an input of ``S3DataType: ManifestFile``: the common prefix,
+    then every key relative to it (each instance receives its share of them with ``ShardedByS3Key``)."""
+    prefix = shared_folder(uris, remote=True)
+    return [{"prefix": prefix}, *(u[len(prefix):] for u in uris)]
 
 
 def _within(inner: str, outer: str, remote: bool) -> bool:
@@ -101,18 +163,21 @@ def build_processor(cfg: JobConfig, aws: AwsSettings, boto_session: Any) -> Any:
     )
 
 
-def inputs_outputs(job: ProcessingJob, job_name: str) -> tuple[list[Any], list[Any]]:
-    """Scenes sharded by key, the model replicated, one output folder uploaded at the end of the job."""
+def inputs_outputs(job: ProcessingJob, job_name: str, scene_manifest: str | None = None) -> tuple[list[Any], list[Any]]:
+    """Scenes sharded by key (a prefix, or the manifest file of a scene list), the model replicated, one
+    output folder uploaded at the end of the job."""
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
 
-    def s3_input(name: str, uri: str, distribution: str) -> Any:
+    def s3_input(name: str, uri: str, distribution: str, data_type: str = "S3Prefix") -> Any:
         return ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
-            s3_uri=uri, local_path=f"{PROCESSING_ROOT}/input/{name}", s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_uri=uri, local_path=f"{PROCESSING_ROOT}/input/{name}", s3_data_type=data_type, s3_input_mode="File",
             s3_data_distribution_type=distribution))
 
     out = ProcessingOutput(output_name="output", s3_output=ProcessingS3Output(
         s3_uri=f"{job.out.rstrip('/')}/{job_name}", local_path=f"{PROCESSING_ROOT}/output", s3_upload_mode="EndOfJob"))
-    return [s3_input("scenes", job.scenes, "ShardedByS3Key"), s3_input("model", job.model, "FullyReplicated")], [out]
+    scenes = s3_input("scenes", job.scenes, "ShardedByS3Key") if scene_manifest is None else \
+        s3_input("scenes", scene_manifest, "ShardedByS3Key", "ManifestFile")
+    return [scenes, s3_input("model", job.model, "FullyReplicated")], [out]
 
 
 def launch_processing(cfg: JobConfig, job: ProcessingJob, *, dry_run: bool = False, wait: bool = False,
@@ -139,7 +204,13 @@ def launch_processing(cfg: JobConfig, job: ProcessingJob, *, dry_run: bool = Fal
     with tempfile.TemporaryDirectory(prefix="geossl-sagemaker-src-") as tmp:
         staged = Path(tmp) / "source"
         stage_source(source_root, None, staged)
-        inputs, outputs = inputs_outputs(job, job_name)
+        scene_manifest = None
+        if job.scene_uris is not None:  # a scene list: a manifest file beside the job's code
+            key = "/".join(filter(None, [aws.prefix.strip("/"), job_name, "input", "scenes.manifest"]))
+            boto_session.client("s3").put_object(Bucket=aws.bucket, Key=key,
+                                                 Body=json.dumps(sagemaker_manifest(job.scene_uris)).encode())
+            scene_manifest = f"s3://{aws.bucket}/{key}"
+        inputs, outputs = inputs_outputs(job, job_name, scene_manifest)
         role_check = environment_variable("SAGEMAKER_VALIDATE_ROLE", "false") if dry_run else contextlib.nullcontext()
         try:
             with role_check:
@@ -221,8 +292,13 @@ def rehearse(job: ProcessingJob, instances: int, workdir: Path) -> int:
     """Run the entry point here as ``instances`` processes, each over its share of ``job.scenes`` in its own
     ``/opt/ml``-like tree under ``workdir``, writing into ``job.out/<host>/`` as the job's upload would."""
     job.check(remote=False)
-    scenes_root, out = Path(job.scenes), Path(job.out)
-    files = [p for p in scenes_root.rglob("*") if p.is_file()]
+    out = Path(job.out)
+    if job.scene_uris is None:
+        scenes_root = Path(job.scenes)
+        files = [p for p in scenes_root.rglob("*") if p.is_file()]
+    else:  # a scene list: its files, kept at their paths below the folder they share (as the manifest's keys)
+        scenes_root = Path(shared_folder(job.scene_uris, remote=False))
+        files = [Path(u).resolve() for u in job.scene_uris]
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, share in enumerate(shard_by_key(files, instances), start=1):

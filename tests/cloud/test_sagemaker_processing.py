@@ -14,7 +14,7 @@ import rasterio
 
 from bench.synthetic import make_tiny_model
 from geossl.cli import main
-from geossl.cloud.processing import container_command, shard_by_key
+from geossl.cloud.processing import container_command, sagemaker_manifest, shard_by_key
 from geossl.settings import REPO_ROOT
 
 JOB_YAML = REPO_ROOT / "configs" / "sagemaker_dino.yaml"
@@ -161,3 +161,81 @@ def test_a_two_instance_rehearsal_makes_the_maps_of_a_local_run(scenes_dir: Path
     assert len(items) == 3 and all((tmp_path / "job" / href).is_file() for href in items)
     areas = (tmp_path / "job" / "areas.csv").read_text()
     assert {line.split(",")[0].split("/")[0] for line in areas.splitlines()[1:]} == {"algo-1", "algo-2"}
+
+
+@pytest.mark.parametrize(("uris", "prefix"), [
+    (["s3://bk1/naip/2019/a.tif", "s3://bk1/naip/2020/b.tif"], "s3://bk1/naip/"),
+    (["s3://bk1/naip/a.tif"], "s3://bk1/naip/"),
+    (["s3://bk1/a.tif", "s3://bk1/x/b.tif"], "s3://bk1/"),
+    (["s3://bk1/naip/a.tif", "s3://bk1/naip2/b.tif"], "s3://bk1/"),  # whole segments: naip is not naip2's folder
+])
+def test_the_manifest_file_of_a_scene_list(uris: list[str], prefix: str) -> None:
+    """SageMaker's ManifestFile: [{"prefix": P}, key relative to P, ...], P the deepest shared folder."""
+    manifest = sagemaker_manifest(uris)
+    assert manifest[0] == {"prefix": prefix}
+    assert [prefix + key for key in manifest[1:]] == uris
+
+
+def test_a_scene_list_becomes_a_sharded_manifest_file_input(aws_env, monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text("# two NAIP quads\ns3://geossl-test/naip/2019/a.tif\n\ns3://geossl-test/naip/2020/b.tif\n")
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/m/",
+                 "--scenes", str(scenes), "--out", "s3://geossl-test/maps/", *ACCOUNT, "run_name=listed"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    req = json.loads(out)
+    scenes_input = {i["InputName"]: i["S3Input"] for i in req["ProcessingInputs"]}["scenes"]
+    job_name = req["ProcessingJobName"]
+    assert scenes_input["S3DataType"] == "ManifestFile"
+    assert scenes_input["S3DataDistributionType"] == "ShardedByS3Key"
+    assert scenes_input["S3Uri"].endswith(f"/{job_name}/input/scenes.manifest")
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ("s3://geossl-test/a.tif\ns3://other-bucket/b.tif\n", "spans buckets geossl-test, other-bucket"),
+    ("s3://geossl-test/a.tif\n/data/b.tif\n", "entry 2 (/data/b.tif) is not an s3:// key"),
+    ("s3://geossl-test/a.tif\ns3://geossl-test/a.tif\n", "entry 2 repeats entry 1"),
+    ("# nothing\n\n", "the scene list is empty"),
+])
+def test_a_bad_scene_list_is_refused_in_one_line(lines: str, message: str, tmp_path: Path, capsys) -> None:
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text(lines)
+    code = main(["sagemaker", "classify", "--config", str(JOB_YAML), "--dry-run", "--model", "s3://geossl-test/m/",
+                 "--scenes", str(scenes), "--out", "s3://geossl-test/maps/", *ACCOUNT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_rehearsal_over_a_scene_index_deals_its_scenes(tmp_path: Path, monkeypatch) -> None:
+    """A scene index (GeoParquet, its uri column) as the rehearsal's input: every listed scene, and only
+    those, is linked into one instance's tree, below the folder the scenes share (as the manifest's keys)."""
+    import geopandas as gpd
+    import shapely
+
+    from geossl.cloud import processing
+
+    files = []
+    for rel in ("2019/a.tif", "2020/b.tif", "2020/c.tif", "2020/unlisted.tif"):
+        path = tmp_path / "archive" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        files.append(path)
+    index = tmp_path / "index.parquet"
+    gpd.GeoDataFrame({"uri": [str(p) for p in files[:3]]}, geometry=[shapely.box(0, 0, 1, 1)] * 3,
+                     crs="EPSG:4326").to_parquet(index)
+    started = []
+
+    class FakeProcess:
+        def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+            started.append(Path(env["GEOSSL_OPT_ML"]))
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(processing.subprocess, "Popen", FakeProcess)
+    job = processing.ProcessingJob("classify", str(files[0].parent), str(index), str(tmp_path / "maps"), [])
+    assert processing.rehearse(job, 2, tmp_path / "work") == 0
+    linked = sorted(p.relative_to(root / "processing" / "input" / "scenes").as_posix()
+                    for root in started for p in (root / "processing" / "input" / "scenes").rglob("*.tif"))
+    assert linked == ["2019/a.tif", "2020/b.tif", "2020/c.tif"] and len(started) == 2
