@@ -75,7 +75,8 @@ RULES: dict[str, dict[str, Range]] = {
     "": {"seed": Range(low=0, high=2**32, high_open=True, integer=True)},  # numpy seeds are uint32
     "data": {"limit": OPTIONAL_COUNT, "tile_size": COUNT, "tiles_per_epoch": COUNT, "max_open_files": COUNT,
              "min_valid_fraction": PROBABILITY, "gsd": Range(low=0, low_open=True, optional=True),
-             "batch_size": COUNT, "num_workers": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY},
+             "batch_size": COUNT, "num_workers": NON_NEGATIVE_INT, "max_bad_fraction": PROBABILITY,
+             "stack_min_overlap": Range(low=0, high=1, low_open=True)},
     "model": {"patch_size": OPTIONAL_COUNT, "drop_path_rate": Range(low=0, high=1, high_open=True)},
     "head": {"out_dim": COUNT, "hidden_dim": COUNT, "bottleneck_dim": COUNT, "n_layers": COUNT,
              "freeze_last_layer_epochs": NON_NEGATIVE},
@@ -225,4 +226,16 @@ def check_values(cfg: Config) -> None:
     check_patch_multiples(cfg)
     check_timm_kwargs(cfg.model.extra)
     check_trainer_kwargs(cfg.trainer.kwargs)
+    check_temporal(cfg)
+
+
+def check_temporal(cfg: Config) -> None:
+    """Temporal views read other dates from scenes: patches and chips have no dates to read."""
+    if cfg.augment.temporal and cfg.data.kind != "scenes":
+        raise ConfigError(f"key 'augment.temporal': temporal views need data.kind scenes (the dates of a ground are "
+                          f"read from the scenes), got {cfg.data.kind!r}")
+    if cfg.augment.temporal_locals and not cfg.augment.temporal:
+        raise ConfigError("key 'augment.temporal_locals': needs augment.temporal: true")
+    if cfg.data.dates is not None and not cfg.augment.temporal:
+        raise ConfigError("key 'data.dates': only read with augment.temporal: true")
 

@@ -41,6 +41,10 @@ class DataConfig:
     # (the next good file serves instead), counted and listed in summary.json; the run stops, listing
     # them, once more than this fraction of the dataset's files proved bad. 0 = stop on the first.
     max_bad_fraction: float = 0.01
+    # With augment.temporal: a uri,date CSV of acquisition dates (else TIFFTAG_DATETIME, else the file
+    # name's _YYYYMMDD or year); scenes overlapping by this share of the smaller footprint form a stack.
+    dates: str | None = None
+    stack_min_overlap: float = 0.5
 
 
 @dataclass
@@ -88,6 +92,10 @@ class AugmentConfig:
     solarize_p: float = 0.2  # global-2 only, and only where values lie in [0, 1]
     rotate90: bool = True  # no canonical "up" from orbit
     vflip: bool = True
+    # Temporal views (data.kind scenes): global-2 comes from another date of the same ground, read onto
+    # the first date's pixels (geossl/data/temporal.py); temporal_locals: every other local crop too.
+    temporal: bool = False
+    temporal_locals: bool = False
 
 
 @dataclass

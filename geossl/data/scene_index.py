@@ -75,7 +75,7 @@ def _stat(uri: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _footprint(info: SceneInfo) -> Any:
+def footprint_lonlat(info: SceneInfo) -> Any:
     if info.crs is None:
         return None
     t = info.transform
@@ -120,7 +120,7 @@ def build_index(uris: Sequence[str], path: str | Path, workers: int = 8) -> list
 
     infos = read_headers(uris, workers)
     frame = gpd.GeoDataFrame([_row(i) for i in infos], columns=list(INDEX_COLUMNS),
-                             geometry=[_footprint(i) for i in infos], crs="EPSG:4326")
+                             geometry=[footprint_lonlat(i) for i in infos], crs="EPSG:4326")
     with atomic_path(path, suffix=".parquet") as tmp:
         frame.to_parquet(tmp, index=False)
     return infos

@@ -198,7 +198,10 @@ class RandomTileDataset(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s, window, data, valid = self.draw(int(i))
+        return self.item_of(*self.draw(int(i)))
+
+    def item_of(self, s: int, window: Window, data: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+        """The item of a drawn tile: compact pixels, mask, bounds in the scene's CRS, CRS, scene."""
         size = self.tile_size
         bounds, _ = georef(int(window.col_off), int(window.row_off), size, size, self.scenes[s].transform)
         if data.dtype != self.np_dtype:

@@ -106,9 +106,15 @@ class MultiCropAugment(torch.nn.Module):
     def n_crops(self) -> int:
         return 2 + self.cfg.n_local
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+    def forward(self, images: Tensor, generator: torch.Generator | None = None,
+                images_other: Tensor | None = None) -> list[Tensor]:
+        """``images_other`` (temporal views): the same ground on another date, same shape; global-2 (and, with
+        ``temporal_locals``, every other local crop) is cut from it, with the crop and photometric draws it
+        would have had from ``images``, so ``images_other = images`` gives exactly the plain crops."""
         if images.ndim != 4 or images.shape[1] != self.mean.shape[1]:
             raise ValueError(f"augment: expected (B, {self.mean.shape[1]}, H, W) images, got {tuple(images.shape)}")
+        if images_other is not None and images_other.shape != images.shape:
+            raise ValueError(f"augment: other-date images {tuple(images_other.shape)} differ from {tuple(images.shape)}")
         dev = images.device
         n_loc = self.cfg.n_local
         # One draw for everything: (crop, sample, uniform). From the generator's device, then moved.
@@ -117,17 +123,24 @@ class MultiCropAugment(torch.nn.Module):
         u = u.to(dev, non_blocking=True)
         with torch.autocast(device_type=dev.type, enabled=False):
             # Into the working space BEFORE cropping: resampling is linear, and the input is the smaller tensor.
-            if self.value_range is not None:
-                lo, hi = self.value_range
-                x = ((images.float() - lo) * (1.0 / (hi - lo))).clamp_(0.0, 1.0)
-            else:
-                x = (images.float() - self.mean) / self.std
-            out = self._group(x, u[:2], self.cfg.global_size, self.cfg.global_scale, global_group=True)
+            x = self._working_space(images)
+            x_other = self._working_space(images_other) if images_other is not None else None
+            out = self._group(x, u[:2], self.cfg.global_size, self.cfg.global_scale, global_group=True,
+                              x_other=x_other, other_crops=[1])
             crops = list(out.chunk(2))
             if n_loc > 0:
-                out = self._group(x, u[2:], self.cfg.local_size, self.cfg.local_scale, global_group=False)
+                odd = list(range(1, n_loc, 2)) if self.cfg.temporal_locals else []
+                out = self._group(x, u[2:], self.cfg.local_size, self.cfg.local_scale, global_group=False,
+                                  x_other=x_other, other_crops=odd)
                 crops += list(out.chunk(n_loc))
         return crops
+
+    def _working_space(self, images: Tensor) -> Tensor:
+        """Raw values -> [0, 1] (with a value range) or standardised values, before any resampling."""
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            return ((images.float() - lo) * (1.0 / (hi - lo))).clamp_(0.0, 1.0)
+        return (images.float() - self.mean) / self.std
 
     # ---- geometry -------------------------------------------------------------------------------
 
@@ -169,14 +182,21 @@ class MultiCropAugment(torch.nn.Module):
         # Crops stacked along H: (B, n*size, size, 2), so one grid_sample serves all n crops.
         return grid.transpose(0, 1).reshape(B, n * size, size, 2)
 
-    def _group(self, x: Tensor, u: Tensor, size: int, scale: Sequence[float], global_group: bool) -> Tensor:
-        """All crops of one size: (n*B, C, size, size), crop-major (row = crop * B + sample)."""
+    def _group(self, x: Tensor, u: Tensor, size: int, scale: Sequence[float], global_group: bool,
+               x_other: Tensor | None = None, other_crops: Sequence[int] = ()) -> Tensor:
+        """All crops of one size: (n*B, C, size, size), crop-major (row = crop * B + sample); the crops
+        numbered in ``other_crops`` are cut from ``x_other`` (another date) on the same sampling grid."""
         n, B = u.shape[:2]
         C, H, W = x.shape[1:]
         grid = self._grid(u, H, W, size, scale)
         # "border" padding: bicubic taps beyond the edge repeat it, so constants stay exact.
         y = F.grid_sample(x, grid, mode=self.interpolation, padding_mode="border", align_corners=False)
-        y = y.view(B, C, n, size, size).permute(2, 0, 1, 3, 4).reshape(n * B, C, size, size)
+        y = y.view(B, C, n, size, size)
+        if x_other is not None and other_crops:
+            y_other = F.grid_sample(x_other, grid, mode=self.interpolation, padding_mode="border",
+                                    align_corners=False).view(B, C, n, size, size)
+            y[:, :, list(other_crops)] = y_other[:, :, list(other_crops)]
+        y = y.permute(2, 0, 1, 3, 4).reshape(n * B, C, size, size)
         uf = u.reshape(n * B, N_UNIFORM)
         return self._photometric(y, uf, n, global_group)
 

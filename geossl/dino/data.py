@@ -63,6 +63,15 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     from geossl.data.scenes import RandomTileDataset
     from geossl.data.uris import expand_inputs
 
+    if cfg.augment.temporal:
+        from geossl.data.temporal import TemporalTileDataset
+
+        return TemporalTileDataset(
+            expand_inputs(paths), tile_size=cfg.data.tile_size, length=cfg.data.tiles_per_epoch, bands=cfg.data.bands,
+            min_valid_fraction=cfg.data.min_valid_fraction, seed=cfg.seed, max_open=cfg.data.max_open_files,
+            index=resolve_data_path(cfg.data.scene_index, cfg.data.root) if cfg.data.scene_index else None,
+            dates_csv=resolve_data_path(cfg.data.dates, cfg.data.root) if cfg.data.dates else None,
+            min_overlap=cfg.data.stack_min_overlap)
     return RandomTileDataset(
         expand_inputs(paths),
         tile_size=cfg.data.tile_size,

@@ -149,7 +149,10 @@ class DINOModule(L.LightningModule):
         images = batch["image"]
         if "mask" in batch:  # nodata pixels become the band mean, i.e. 0 after normalisation
             images = torch.where(batch["mask"].unsqueeze(1), images.float(), self.band_mean)
-        crops = self.augment(images, generator=generator)
+        other = batch.get("image_other") if self.cfg.augment.temporal else None
+        if other is not None and "mask_other" in batch:
+            other = torch.where(batch["mask_other"].unsqueeze(1), other.float(), self.band_mean)
+        crops = self.augment(images, generator=generator, images_other=other)
         teacher_temp = self.schedule_value("teacher_temp", step)
         masks = self.draw_patch_masks(crops[0], seed) if self.ibot_loss is not None else None
         # Monitors every few steps only, read by MetricPrinter after this step.

@@ -13,7 +13,6 @@ import csv
 import datetime as dt
 import functools
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import Affine, from_bounds
 from rasterio.vrt import WarpedVRT
 
+from geossl.data.stacks import date_in_name
 from geossl.data.uris import RASTER_EXTS, expand_inputs
 from geossl.io import atomic_path
 from geossl.plotting import save_png
@@ -32,22 +32,6 @@ from geossl.predict.common import output_stem
 from geossl.predict.maps import percentiles, read_overview, stretch_rgb
 
 TRANSITIONS_HEADER = ["from_class", "to_class", "cells", "area_ha"]
-# A date in a file name: 8 digits that read as YYYYMMDD (NAIP's m_..._20090818), else a year (Landsat's 1985.tif).
-_DATE8 = re.compile(r"(?<!\d)(\d{8})(?!\d)")
-_YEAR = re.compile(r"(?<!\d)(1[89]\d\d|2\d\d\d)(?!\d)")
-
-
-def date_in_name(uri: str) -> dt.datetime | None:
-    """The acquisition date a file name carries (``_20090818`` -> 2009-08-18, ``1985`` -> 1985-01-01, UTC),
-    or None. Only the name is read: series are ordered before any file is opened."""
-    stem = output_stem(uri)
-    for match in _DATE8.finditer(stem):
-        try:
-            return dt.datetime.strptime(match[1], "%Y%m%d").replace(tzinfo=dt.UTC)
-        except ValueError:
-            continue
-    years = _YEAR.findall(stem)
-    return dt.datetime(int(years[-1]), 1, 1, tzinfo=dt.UTC) if years else None
 
 
 def series_scenes(spec: str | os.PathLike[str]) -> list[tuple[str, dt.datetime]]:

@@ -30,7 +30,7 @@ import rasterio
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
-from geossl.data.raster import raster_env
+from geossl.data.stacks import tiff_datetime
 from geossl.io import atomic_write_json
 from geossl.predict.geojson import footprint_lonlat
 
@@ -43,12 +43,7 @@ TITLES = {"classes": "land-cover classes", "probs": "class probabilities", "geoj
 
 def scene_datetime(scene: str) -> dt.datetime | None:
     """The scene's TIFFTAG_DATETIME ("YYYY:MM:DD HH:MM:SS", as UTC), or None when absent or malformed."""
-    with raster_env(scene), rasterio.open(scene) as src:
-        text = (src.tags().get("TIFFTAG_DATETIME") or "").strip()
-    try:
-        return dt.datetime.strptime(text, "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC) if text else None
-    except ValueError:
-        return None
+    return tiff_datetime(scene)
 
 
 def href_of(uri: str | Path) -> str:
