@@ -12,6 +12,8 @@ when the file is closed; geopandas.read_parquet reads it like its own output.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import itertools
 import json
 import time
@@ -52,10 +54,40 @@ class Item:
     crs: str
     valid_fraction: float
     ring: list[list[float]] | None
+    date: dt.datetime | None = None  # when the source was acquired (stacks.scene_dates), None if unknown
+    stack: int | None = None  # with stacks: the stack; windows are then on its first date's grid
+
+
+def stack_items(uris: Sequence[str], dates: Sequence[dt.datetime | None], stack: int, meta: EncoderMeta,
+                bands: Sequence[int] | None, tile: int, stride: int, resample: bool | None, min_valid: float,
+                check_stats: bool) -> Iterator[Item]:
+    """One stack's windows on its first date's grid, each read on every date (oldest first) through the
+    first date's grid, so a window's rows share their place; a date whose window is mostly nodata is left
+    out for that window only. ``col_off``/``row_off`` are in the first date's pixels."""
+    first = uris[0]
+    with raster_env(list(uris), GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as opened:
+        anchor = opened.enter_context(ModelSceneReader(first, meta, bands, resample))
+        readers = [anchor] + [opened.enter_context(ModelSceneReader(u, meta, bands, onto=anchor.grid(first)))
+                              for u in uris[1:]]
+        if anchor.width < tile or anchor.height < tile:
+            raise ValueError(f"{first}: {anchor.width}x{anchor.height} px is smaller than one {tile} px tile")
+        if check_stats:
+            anchor.check_statistics()
+        rows, cols = axis_plan(anchor.height, tile, stride), axis_plan(anchor.width, tile, stride)
+        s, crs = anchor.scale, anchor.crs.to_string()
+        for row in rows.starts:
+            for col in cols.starts:
+                ring = footprint_lonlat(anchor.transform, col, row, tile, tile, anchor.crs)
+                for uri, date, reader in zip(uris, dates, readers, strict=True):
+                    image, valid = reader.read(col, row, tile, tile)
+                    frac = float(valid.mean())
+                    if frac >= min_valid:
+                        yield Item(uri, image, (col * s, row * s, tile * s, tile * s), crs, frac, ring, date, stack)
 
 
 def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: int, stride: int,
-                resample: bool | None, min_valid: float, check_stats: bool) -> Iterator[Item]:
+                resample: bool | None, min_valid: float, check_stats: bool,
+                date: dt.datetime | None = None) -> Iterator[Item]:
     """Grid windows of one scene (regular grid plus an edge-flush window), skipping mostly-nodata ones."""
     with raster_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), ModelSceneReader(uri, meta, bands, resample) as reader:
         if reader.width < tile or reader.height < tile:
@@ -71,7 +103,7 @@ def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: 
                 if frac < min_valid:
                     continue
                 ring = footprint_lonlat(reader.transform, col, row, tile, tile, reader.crs)
-                yield Item(uri, image, (col * s, row * s, tile * s, tile * s), crs, frac, ring)
+                yield Item(uri, image, (col * s, row * s, tile * s, tile * s), crs, frac, ring, date)
 
 
 def tile_items(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None, skipped: list[str],
@@ -93,8 +125,8 @@ class GeoParquetStream:
         self.schema = pa.schema([
             ("source", pa.string()), ("col_off", pa.float64()), ("row_off", pa.float64()),
             ("width", pa.float64()), ("height", pa.float64()), ("crs", pa.string()),
-            ("valid_fraction", pa.float32()), ("embedding", pa.list_(pa.float32(), dim)),
-            ("geometry", pa.binary()),
+            ("valid_fraction", pa.float32()), ("date", pa.timestamp("s", tz="UTC")), ("stack", pa.int32()),
+            ("embedding", pa.list_(pa.float32(), dim)), ("geometry", pa.binary()),
         ])
         self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
         self.dim, self.rows, self.bbox = dim, 0, [np.inf, np.inf, -np.inf, -np.inf]
@@ -120,6 +152,7 @@ class GeoParquetStream:
             "col_off": [float(it.window[0]) for it in items], "row_off": [float(it.window[1]) for it in items],
             "width": [float(it.window[2]) for it in items], "height": [float(it.window[3]) for it in items],
             "crs": [it.crs for it in items], "valid_fraction": [it.valid_fraction for it in items],
+            "date": [it.date for it in items], "stack": [it.stack for it in items],
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb, pa.float32()), self.dim),
             "geometry": [None if g is None else shapely.to_wkb(g) for g in geoms],
         }, schema=self.schema)
@@ -168,8 +201,13 @@ def embed_inputs(
     overwrite: bool = False,
     check_stats: bool = True,
     progress: bool = True,
+    stacks: bool = False,
+    dates_csv: str | Path | None = None,
 ) -> EmbedResult:
-    """Embed every tile file and every scene window of ``uris`` into the Parquet file ``out``."""
+    """Embed every tile file and every scene window of ``uris`` into the Parquet file ``out``; scenes carry
+    their date (:func:`geossl.data.stacks.scene_dates`). With ``stacks``, scenes of one ground on several
+    dates (:func:`geossl.data.stacks.group_stacks`) give one row per window and date, on the grid of the
+    stack's first date; scenes in no stack are embedded alone."""
     start = time.perf_counter()
     out = Path(out)
     meta, device = encoder.meta, model_device(encoder)
@@ -185,10 +223,17 @@ def embed_inputs(
     scenes, tiles = split_inputs(list(uris), mode, tile, explicit_grid)
     skipped: list[str] = []
 
+    groups = scene_groups(scenes, stacks, dates_csv)
+
     def items() -> Iterator[Item]:
         yield from tile_items(tiles, meta, bands, skipped, check_stats)
-        for scene in scenes:
-            yield from scene_items(scene, meta, bands, tile, stride, resample, min_valid, check_stats)
+        for stack, members in groups:
+            if stack is None:
+                ((scene, date),) = members
+                yield from scene_items(scene, meta, bands, tile, stride, resample, min_valid, check_stats, date)
+            else:
+                yield from stack_items([u for u, _ in members], [d for _, d in members], stack, meta, bands, tile,
+                                       stride, resample, min_valid, check_stats)
 
     def features(x: Any) -> Any:
         return encoder.features(x, recipe)
@@ -213,3 +258,28 @@ def embed_inputs(
         if stream.rows == 0:
             raise ValueError(f"no tiles to embed among {len(uris)} input(s) (all unreadable or nodata)")
     return EmbedResult(out, stream.rows, dim, skipped, time.perf_counter() - start)
+
+
+def scene_groups(scenes: Sequence[str], stacks: bool, dates_csv: str | Path | None
+                 ) -> list[tuple[int | None, list[tuple[str, dt.datetime | None]]]]:
+    """(stack or None, [(scene, date), ...] oldest first) in input order of each group's first scene."""
+    from geossl.data.scene_index import footprint_lonlat as scene_footprint
+    from geossl.data.scene_index import scene_info
+    from geossl.data.stacks import group_stacks, scene_dates
+
+    dates = scene_dates(scenes, dates_csv)
+    if not stacks:
+        return [(None, [(u, d)]) for u, d in zip(scenes, dates, strict=True)]
+    grouped = group_stacks([scene_footprint(scene_info(u)) for u in scenes], dates)
+    out: list[tuple[int | None, list[tuple[str, dt.datetime | None]]]] = []
+    seen: set[int] = set()
+    for i, uri in enumerate(scenes):
+        k = grouped.stack[i]
+        if k < 0:
+            out.append((None, [(uri, dates[i])]))
+        elif k not in seen:
+            seen.add(k)
+            members = sorted((j for j in range(len(scenes)) if grouped.stack[j] == k),
+                             key=lambda j: (dates[j] or dt.datetime.min.replace(tzinfo=dt.UTC), j))
+            out.append((k, [(scenes[j], dates[j]) for j in members]))
+    return out

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-check-stats", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--stacks", action="store_true",
+                        help="scenes of one ground on several dates: one row per window and date, on the grid of "
+                             "the stack's first date (columns date and stack)")
+    parser.add_argument("--dates", default=None,
+                        help="uri,date CSV of acquisition dates (default: TIFFTAG_DATETIME, else the file name)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         encoder, image_inputs(args.input), args.out, recipe=args.recipe, mode=args.mode, tile_size=args.tile_size,
         stride=args.stride, bands=parse_band_indices(args.bands, "--bands"), resample=args.resample, min_valid=args.min_valid,
         batch_size=args.batch_size, overwrite=args.overwrite, check_stats=not args.no_check_stats,
-        progress=not args.quiet,
+        progress=not args.quiet, stacks=args.stacks, dates_csv=args.dates,
     )
     print(result.summary())
     return 0
