@@ -58,7 +58,7 @@ class Item:
     stack: int | None = None  # with stacks: the stack; windows are then on its first date's grid
 
 
-def stack_items(uris: Sequence[str], dates: Sequence[dt.datetime | None], stack: int, meta: EncoderMeta,
+def stack_items(uris: Sequence[str], dates: Sequence[dt.datetime | None], stack: int | None, meta: EncoderMeta,
                 bands: Sequence[int] | None, tile: int, stride: int, resample: bool | None, min_valid: float,
                 check_stats: bool) -> Iterator[Item]:
     """One stack's windows on its first date's grid, each read on every date (oldest first) through the
@@ -89,21 +89,7 @@ def scene_items(uri: str, meta: EncoderMeta, bands: Sequence[int] | None, tile: 
                 resample: bool | None, min_valid: float, check_stats: bool,
                 date: dt.datetime | None = None) -> Iterator[Item]:
     """Grid windows of one scene (regular grid plus an edge-flush window), skipping mostly-nodata ones."""
-    with raster_env(uri, GDAL_CACHEMAX=GDAL_CACHE_BYTES), ModelSceneReader(uri, meta, bands, resample) as reader:
-        if reader.width < tile or reader.height < tile:
-            raise ValueError(f"{uri}: {reader.width}x{reader.height} px is smaller than one {tile} px tile")
-        if check_stats:
-            reader.check_statistics()
-        rows, cols = axis_plan(reader.height, tile, stride), axis_plan(reader.width, tile, stride)
-        s, crs = reader.scale, reader.crs.to_string()
-        for row in rows.starts:
-            for col in cols.starts:
-                image, valid = reader.read(col, row, tile, tile)
-                frac = float(valid.mean())
-                if frac < min_valid:
-                    continue
-                ring = footprint_lonlat(reader.transform, col, row, tile, tile, reader.crs)
-                yield Item(uri, image, (col * s, row * s, tile * s, tile * s), crs, frac, ring, date)
+    yield from stack_items([uri], [date], None, meta, bands, tile, stride, resample, min_valid, check_stats)
 
 
 def tile_items(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | None, skipped: list[str],
