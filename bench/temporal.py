@@ -63,9 +63,10 @@ def standardised(x: np.ndarray) -> np.ndarray:
 
 
 def stack_windows(uris: list[str], meta: Any, bands: list[int] | None, tile: int,
-                  max_windows: int | None = None) -> dict[str, Any]:
+                  max_windows: int | None = None, resample: bool | None = False) -> dict[str, Any]:
     """Raw windows of a stack on its first date's grid: {date: (windows, C, T, T)} over the windows valid
-    on every date (so row i is one place on all dates); at most ``max_windows``, evenly spaced."""
+    on every date (so row i is one place on all dates); at most ``max_windows``, evenly spaced. Native
+    pixels by default (``resample=False``: 5 m NAIP gives four times the places of the encoder's 10 m)."""
     from geossl.data.stacks import scene_dates
     from geossl.predict.embed import stack_items
 
@@ -73,7 +74,7 @@ def stack_windows(uris: list[str], meta: Any, bands: list[int] | None, tile: int
     order = sorted(range(len(uris)), key=lambda k: dates[k])  # type: ignore[arg-type, return-value]
     uris, dates = [uris[k] for k in order], [dates[k] for k in order]
     rows: dict[tuple[float, float], dict[str, np.ndarray]] = {}
-    for item in stack_items(uris, dates, 0, meta, bands, tile, tile, None, 0.99, check_stats=False):
+    for item in stack_items(uris, dates, 0, meta, bands, tile, tile, resample, 0.99, check_stats=False):
         rows.setdefault((item.window[0], item.window[1]), {})[item.date.date().isoformat()] = item.image
     names = [d.date().isoformat() for d in dates]
     complete = [w for w, by_date in sorted(rows.items()) if len(by_date) == len(names)]
