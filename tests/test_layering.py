@@ -90,7 +90,7 @@ ALLOWED: dict[str, set[str]] = {
     "probe": FOUNDATION | {"data", "models", "evaluation", "labels"},
     "predict": FOUNDATION | {"data", "models", "scene"},
     "finetune": FOUNDATION | CONFIG | {"data", "models", "dino", "labels", "probe"},
-    "cloud": FOUNDATION | CONFIG | {"data", "dino", "finetune"},
+    "cloud": FOUNDATION | CONFIG | {"data", "models", "dino", "finetune", "predict"},
 }
 ENTRY = {"cli", "__main__", "demo", "__init__"}  # may import anything
 

@@ -132,14 +132,17 @@ def _merge(out: str, model: str, cache: Path | None, *, mosaic: bool = False, mo
 def check_command_args(command: str, command_args: list[str]) -> None:
     """Parse ``--args`` with ``geossl COMMAND``'s own parser now, so an option the command lacks (or a value
     it refuses) stops here in one line instead of in the container after the instances are paid for."""
-    from geossl.cli import build_parser
     from geossl.cloud.processing import MODEL_OPTION
+    from geossl.predict import cli as classify_cli
+    from geossl.predict import embed_cli
 
-    argv = [command, MODEL_OPTION[command], "MODEL", "--input", "SCENES", "--out", "OUT", *command_args]
+    parser = argparse.ArgumentParser(prog=f"geossl {command}")
+    (classify_cli if command == "classify" else embed_cli).add_arguments(parser)
+    argv = [MODEL_OPTION[command], "MODEL", "--input", "SCENES", "--out", "OUT", *command_args]
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            build_parser(argv).parse_args(argv)
+            parser.parse_args(argv)
     except SystemExit:
         reason = errors.getvalue().strip().splitlines()[-1:] or ["not accepted"]
         raise ConfigError(f"--args: geossl {command} refuses {shlex.join(command_args)!r}: "
