@@ -281,9 +281,12 @@ def test_s3_uris_split_as_the_data_layer_splits_them():
     for uri in ("s3://my-bucket", "s3://my-bucket/", "s3://my-bucket/a/b/", "s3://my-bucket//a"):
         assert parse_s3_uri(uri, "input.s3_uri") == split_s3_uri(uri)
     # not an S3 URI, a bucket name S3 refuses, or a line break (a YAML slip): one line naming the setting
-    for uri in ("my-bucket/data", "s3://", "s3:///a", "s3://ab/x", "s3://My_Bucket/x", "s3://my-bucket/a\n",
-                "s3://my-bucket\n", "", None):
+    for uri in ("my-bucket/data", "s3://", "s3:///a", "s3://my-bucket/a\n", "s3://my-bucket\n", "", None):
         with pytest.raises(ConfigError, match=r"^finetune.encoder_s3_uri: expected s3://bucket/prefix"):
+            parse_s3_uri(uri, "finetune.encoder_s3_uri")
+    for uri, bucket in (("s3://ab/x", "ab"), ("s3://My_Bucket/x", "My_Bucket")):  # the bucket named, and the rule
+        with pytest.raises(ConfigError, match=rf"^finetune.encoder_s3_uri: '{uri}': '{bucket}' is not a bucket name "
+                                              r"S3 accepts \(3-63 lower-case"):
             parse_s3_uri(uri, "finetune.encoder_s3_uri")
 
 
