@@ -49,11 +49,15 @@ def date_in_name(uri: str) -> dt.datetime | None:
 
 
 def tiff_datetime(uri: str) -> dt.datetime | None:
-    """The scene's ``TIFFTAG_DATETIME`` ("YYYY:MM:DD HH:MM:SS", as UTC), or None when absent or malformed."""
+    """The scene's ``TIFFTAG_DATETIME`` ("YYYY:MM:DD HH:MM:SS", as UTC), or None when absent or malformed, or
+    when the file cannot be opened (reading it is what names that problem, not dating it)."""
     from geossl.data.raster import open_raster, raster_env
 
-    with raster_env(uri), open_raster(uri) as src:
-        text = (src.tags().get("TIFFTAG_DATETIME") or "").strip()
+    try:
+        with raster_env(uri), open_raster(uri) as src:
+            text = (src.tags().get("TIFFTAG_DATETIME") or "").strip()
+    except (OSError, ValueError):
+        return None
     try:
         return dt.datetime.strptime(text, "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.UTC) if text else None
     except ValueError:

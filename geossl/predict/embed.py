@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,15 +61,25 @@ class Item:
 
 def stack_items(uris: Sequence[str], dates: Sequence[dt.datetime | None], stack: int | None, meta: EncoderMeta,
                 bands: Sequence[int] | None, tile: int, stride: int, resample: bool | None, min_valid: float,
-                check_stats: bool) -> Iterator[Item]:
+                check_stats: bool, skipped: list[str] | None = None) -> Iterator[Item]:
     """One stack's windows on its first date's grid, each read on every date (oldest first) through the
     first date's grid, so a window's rows share their place; a date whose window is mostly nodata is left
-    out for that window only. ``col_off``/``row_off`` are in the first date's pixels."""
+    out for that window only. ``col_off``/``row_off`` are in the first date's pixels. A later date that
+    cannot be opened is left out of the stack, printed and added to ``skipped`` (the others go on)."""
     first = uris[0]
     with raster_env(list(uris), GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as opened:
         anchor = opened.enter_context(ModelSceneReader(first, meta, bands, resample))
-        readers = [anchor] + [opened.enter_context(ModelSceneReader(u, meta, bands, onto=anchor.grid(first)))
-                              for u in uris[1:]]
+        readers, kept = [anchor], [(first, dates[0])]
+        for uri, date in zip(uris[1:], dates[1:], strict=True):
+            try:
+                readers.append(opened.enter_context(ModelSceneReader(uri, meta, bands, onto=anchor.grid(first))))
+                kept.append((uri, date))
+            except (OSError, ValueError) as exc:
+                if skipped is None:
+                    raise
+                print(f"geossl embed: skipped {exc}", file=sys.stderr)
+                skipped.append(str(exc))
+        uris, dates = [u for u, _ in kept], [d for _, d in kept]
         if anchor.width < tile or anchor.height < tile:
             raise ValueError(f"{first}: {anchor.width}x{anchor.height} px is smaller than one {tile} px tile")
         if check_stats:
@@ -209,7 +220,7 @@ def embed_inputs(
     scenes, tiles = split_inputs(list(uris), mode, tile, explicit_grid)
     skipped: list[str] = []
 
-    groups = scene_groups(scenes, stacks, dates_csv)
+    groups = scene_groups(scenes, stacks, dates_csv, skipped)
 
     def items() -> Iterator[Item]:
         yield from tile_items(tiles, meta, bands, skipped, check_stats)
@@ -219,7 +230,7 @@ def embed_inputs(
                 yield from scene_items(scene, meta, bands, tile, stride, resample, min_valid, check_stats, date)
             else:
                 yield from stack_items([u for u, _ in members], [d for _, d in members], stack, meta, bands, tile,
-                                       stride, resample, min_valid, check_stats)
+                                       stride, resample, min_valid, check_stats, skipped)
 
     def features(x: Any) -> Any:
         return encoder.features(x, recipe)
@@ -246,9 +257,10 @@ def embed_inputs(
     return EmbedResult(out, stream.rows, dim, skipped, time.perf_counter() - start)
 
 
-def scene_groups(scenes: Sequence[str], stacks: bool, dates_csv: str | Path | None
+def scene_groups(scenes: Sequence[str], stacks: bool, dates_csv: str | Path | None, skipped: list[str] | None = None
                  ) -> list[tuple[int | None, list[tuple[str, dt.datetime | None]]]]:
-    """(stack or None, [(scene, date), ...] oldest first) in input order of each group's first scene."""
+    """(stack or None, [(scene, date), ...] oldest first) in input order of each group's first scene; with
+    stacks, a scene whose header cannot be read is printed, added to ``skipped`` and left out."""
     from geossl.data.scene_index import footprint_lonlat as scene_footprint
     from geossl.data.scene_index import scene_info
     from geossl.data.stacks import group_stacks, scene_dates
@@ -256,7 +268,18 @@ def scene_groups(scenes: Sequence[str], stacks: bool, dates_csv: str | Path | No
     dates = scene_dates(scenes, dates_csv)
     if not stacks:
         return [(None, [(u, d)]) for u, d in zip(scenes, dates, strict=True)]
-    grouped = group_stacks([scene_footprint(scene_info(u)) for u in scenes], dates)
+    footprints: dict[str, Any] = {}  # the readable scenes' footprints (None: no CRS, so in no stack)
+    for uri in scenes:
+        try:
+            footprints[uri] = scene_footprint(scene_info(uri))
+        except (OSError, ValueError) as exc:
+            if skipped is None:
+                raise
+            print(f"geossl embed: skipped {exc}", file=sys.stderr)
+            skipped.append(str(exc))
+    dates = [d for u, d in zip(scenes, dates, strict=True) if u in footprints]
+    scenes = [u for u in scenes if u in footprints]
+    grouped = group_stacks([footprints[u] for u in scenes], dates)
     out: list[tuple[int | None, list[tuple[str, dt.datetime | None]]]] = []
     seen: set[int] = set()
     for i, uri in enumerate(scenes):

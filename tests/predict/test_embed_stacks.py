@@ -49,3 +49,19 @@ def test_stacks_give_one_row_per_window_and_date(shared_data: Path, tmp_path: Pa
     assert len(reference) == len(first_date)
     np.testing.assert_array_equal(np.stack(first_date["embedding"]), np.stack(reference["embedding"]))
     assert reference["stack"].isna().all() and (reference["date"].dt.year == 2009).all()
+
+
+def test_an_unreadable_date_is_skipped_and_counted(shared_data: Path, tmp_path: Path, capsys) -> None:
+    encoder = make_tiny_encoder(tmp_path / "enc", img_size=32)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    naip = sorted((shared_data / "timeseries" / "naip_north_dakota").glob("*.tif"))
+    for path in naip[:2]:
+        shutil.copy(path, scenes / path.name)
+    (scenes / "m_4709963_se_14_1_20190904.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "stacks.parquet"
+    assert main(["embed", "--encoder", str(encoder), "--input", str(scenes), "--out", str(out), "--stacks", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "1 unreadable skipped: " in captured.out and "m_4709963_se_14_1_20190904.tif" in captured.out
+    rows = gpd.read_parquet(out)
+    assert sorted(rows["date"].dt.year.unique()) == [2009, 2012] and set(rows["stack"]) == {0}
