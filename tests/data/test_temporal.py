@@ -204,3 +204,9 @@ def test_temporal_pretraining_on_the_naip_series_resumes_bitwise(shared_data: Pa
     a = load_checkpoint_file(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
     b = load_checkpoint_file(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scenes_without_two_dates_of_one_ground_are_refused(shared_data: Path) -> None:
+    one = sorted((shared_data / "timeseries" / "naip_north_dakota").glob("*.tif"))[0]
+    with pytest.raises(ValueError, match=r"augment.temporal: no two dates of the same ground among 1 scene\(s\)"):
+        TemporalTileDataset(str(one), tile_size=32, length=4)
