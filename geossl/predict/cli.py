@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="map scenes on N processes, each with an equal share of the cores and its own copy "
                              "of the model (one progress bar over scenes); 1 = in this process")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads per process (default: all cores in one process, an equal share per worker)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs (not needed to redo a scene whose input or model changed: "
@@ -195,7 +197,7 @@ def _map_scenes(args: argparse.Namespace, model: Any, out_dir: Path, plans: list
     others go on; its outputs are never left half-written (:class:`geossl.predict.maps.COGStripWriter`
     writes beside the final name and renames). Returns (done, skipped as current, failed, windows)."""
     from geossl.predict.manifest import scene_record
-    from geossl.predict.workers import SceneOutcome, classify_in_workers, classify_one
+    from geossl.predict.workers import SceneOutcome, classify_in_workers, classify_one, sigterm_as_interrupt
 
     todo = [plan for plan in plans if not plan.current]
     by_key = {plan.key: plan for plan in todo}
@@ -223,22 +225,29 @@ def _map_scenes(args: argparse.Namespace, model: Any, out_dir: Path, plans: list
         jobs = [(plan.key, plan.uri, plan.stem, plan.replace) for plan in todo]
         bar = _scene_bar(len(todo), args.quiet)
         for key, outcome in classify_in_workers(jobs, out_dir, options, args.model, ctx["device"], args.workers,
-                                                started):
+                                                started, args.threads):
             finished(key, outcome)
             bar.update(1)
         bar.close()
     else:
-        for plan in todo:
-            started(plan.key)
-            try:
-                outcome = classify_one(model, plan.uri, out_dir, plan.stem, plan.replace, options)
-            except BaseException as exc:  # an interrupt or a bug: recorded, then not swallowed
-                from geossl.predict.manifest import one_line_reason
+        if args.threads:
+            import torch
 
-                manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"],
-                                             one_line_reason(exc, plan.uri)))
-                raise
-            finished(plan.key, outcome)
+            torch.set_num_threads(args.threads)
+        with sigterm_as_interrupt():  # a stop removes the scene's temporary outputs on its way out
+            for plan in todo:
+                started(plan.key)
+                try:
+                    outcome = classify_one(model, plan.uri, out_dir, plan.stem, plan.replace, options)
+                except KeyboardInterrupt:  # a stop: the scene stays "started" (redone next run), as with workers
+                    raise
+                except BaseException as exc:  # a bug: recorded, then not swallowed
+                    from geossl.predict.manifest import one_line_reason
+
+                    manifest.append(scene_record(plan, "failed", ctx["model"], ctx["options"],
+                                                 one_line_reason(exc, plan.uri)))
+                    raise
+                finished(plan.key, outcome)
     return counts["done"], len(plans) - len(todo), counts["failed"], counts["windows"]
 
 

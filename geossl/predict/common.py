@@ -81,19 +81,20 @@ def unique_stems(uris: Sequence[str], reserved: Mapping[str, str] | None = None)
         if stem is not None and stem not in taken:
             stems[uri] = stem
             taken.add(stem)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}  # every input, named or not: a name depends on the inputs, not on history
     for uri in uris:
-        if uri not in stems:
-            groups.setdefault(output_stem(uri), []).append(uri)
+        groups.setdefault(output_stem(uri), []).append(uri)
     for stem, members in groups.items():  # plain names first, so a distinguishing name never takes one
-        if len(members) == 1 and stem not in taken:
+        if len(members) == 1 and members[0] not in stems and stem not in taken:
             stems[members[0]] = stem
             taken.add(stem)
     for stem, members in groups.items():
-        if members[0] in stems:
+        if all(uri in stems for uri in members):
             continue
         named = _by_parent_folders(stem, members)
         for uri in members:
+            if uri in stems:
+                continue
             name = named[uri]
             if name in taken or list(named.values()).count(name) > 1:
                 name = f"{stem}_{hashlib.sha256(uri.encode()).hexdigest()[:8]}"

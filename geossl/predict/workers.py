@@ -19,9 +19,11 @@ what is written here is only the per-worker set-up and the outcome passed back.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -100,21 +102,36 @@ def _classify_in_worker(uri: str, out_dir: Path, stem: str, replace: bool, optio
         _BUSY = False
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, a SIGTERM raises :class:`KeyboardInterrupt` like a Ctrl-C (main thread only), so every
+    ``finally`` on the way out removes what it was writing instead of the process dying mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def classify_in_workers(jobs: Sequence[tuple[Any, str, str, bool]], out_dir: Path, options: dict[str, Any],
                         model_path: str, device: str, workers: int,
-                        on_start: Callable[[Any], None]) -> Iterator[tuple[Any, SceneOutcome]]:
+                        on_start: Callable[[Any], None], threads: int | None = None
+                        ) -> Iterator[tuple[Any, SceneOutcome]]:
     """Map ``jobs`` (key, uri, stem, may replace) on ``workers`` processes; yields (key, outcome) as scenes
     finish, in the order they finish. ``on_start(key)`` is called for each job before it is handed out.
 
     A SIGTERM to this process alone is taken as a Ctrl-C (scenes not begun are cancelled, running ones
     finish); a worker that dies (stopped, killed, out of memory) ends the run with one line, its scene left
-    ``started`` in the manifest for the next run to redo."""
+    ``started`` in the manifest for the next run to redo. ``threads``: torch threads per worker (default an
+    equal share of the cores)."""
     context = multiprocessing.get_context("spawn")
-    threads = threads_per_worker(workers)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    threads = threads or threads_per_worker(workers)
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(model_path, device, threads)) as pool:
+        with sigterm_as_interrupt(), ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                         initargs=(model_path, device, threads)) as pool:
             futures: dict[Future[SceneOutcome], Any] = {}
             for key, uri, stem, replace in jobs:
                 on_start(key)
@@ -129,5 +146,3 @@ def classify_in_workers(jobs: Sequence[tuple[Any, str, str, bool]], out_dir: Pat
     except BrokenProcessPool:
         raise RuntimeError("a worker process stopped or died (a signal, or out of memory?); scenes it had begun "
                            "are left 'started' in manifest.jsonl and the same command redoes them") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)

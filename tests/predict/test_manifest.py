@@ -183,6 +183,16 @@ def test_unique_stems() -> None:
         "/d/x_2020.tif": "x_2020", "/d/2020/x.tif": "x_d_2020", "/e/2020/x.tif": "x_e_2020"}
 
 
+def test_a_name_depends_on_the_inputs_not_on_which_scenes_an_earlier_run_reached() -> None:
+    """A run killed after naming /d/a/x.tif must not let a rerun name /d/b/x.tif plain "x": every name equals
+    the one an uninterrupted run gives, whichever subset the manifest already holds."""
+    inputs = ["/d/a/x.tif", "/d/b/x.tif", "/d/a/y.tif", "/d/b/z.tif"]
+    full = unique_stems(inputs)
+    assert full == {"/d/a/x.tif": "x_a", "/d/b/x.tif": "x_b", "/d/a/y.tif": "y", "/d/b/z.tif": "z"}
+    for k in range(len(inputs) + 1):
+        assert unique_stems(inputs, {uri: full[uri] for uri in inputs[:k]}) == full
+
+
 def test_a_torn_manifest_line_is_ignored_and_not_glued_onto(tmp_path: Path) -> None:
     good = {"scene": "/d/a.tif", "stem": "a", "status": "done"}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(good) + "\n" + '{"scene": "/d/b.tif", "st')

@@ -84,11 +84,13 @@ def test_two_workers_make_the_maps_one_process_makes(model: Path, scenes: Path, 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups and signals as on Linux")
-def test_sigterm_to_the_process_group_leaves_no_half_written_map(model: Path, scenes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])  # 1: the one-process path, where SIGTERM is made an interrupt
+def test_sigterm_to_the_process_group_leaves_no_half_written_map(model: Path, scenes: Path, tmp_path: Path,
+                                                                 workers: str) -> None:
     reference, out = tmp_path / "reference", tmp_path / "stopped"
     assert main(["classify", "--model", str(model), "--input", str(scenes), "--out", str(reference), *FAST]) == 0
     command = [sys.executable, "-m", "geossl.cli", "classify", "--model", str(model), "--input", str(scenes),
-               "--out", str(out), *FAST, "--stride", "8", "--workers", "2"]  # 64x the windows: slow enough to stop
+               "--out", str(out), *FAST, "--stride", "8", "--workers", workers]  # 64x the windows: slow enough to stop
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
