@@ -3,10 +3,10 @@
     .venv/bin/python bench/classify_archive.py                 # 200 scenes (a few minutes on 2 cores)
     .venv/bin/python bench/classify_archive.py --quick         # 12 scenes, for tests (about a minute)
 
-The archive: ``--scenes`` crops of the shared uint8 scenes (NAIP and Landsat in turn; at
-most ``--crop`` px a side, at seeded offsets), half in ``a/`` and half in ``b/`` under the same file names (so
+The archive: ``--scenes`` copies of the shared uint8 scenes (NAIP and Landsat in turn; whole, or crops of at
+most ``--crop`` px a side at seeded offsets), half in ``a/`` and half in ``b/`` under the same file names (so
 output names must be told apart), every ``--corrupt-every``-th one truncated after its header and one text
-file named ``.tif``. The model: the demo's architecture (ViT-tiny, 6 blocks, patch 8, 64 px) at random init
+file named ``.tif``. The model: a ViT-tiny of the demo's size (6 blocks, patch 8, 64 px; plain patch embedding) at random init
 with a random linear head (speed does not depend on the weights). Each figure comes from ``geossl classify``
 run as a user runs it, in its own process (wall time and peak RSS of its process tree from ``wait4``):
 
@@ -184,7 +184,8 @@ def measure(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     model = make_model(work / "model")
     inputs = str(work / "archive" / "*" / "*.tif")
     cores = os.cpu_count() or 1
-    print(f"archive: {counts['good']} good scene(s), {counts['bad']} bad, crops of at most {args.crop} px", flush=True)
+    print(f"archive: {counts['good']} good scene(s), {counts['bad']} bad, "
+          f"{f'crops of at most {args.crop} px' if args.crop else 'whole scenes'}", flush=True)
     base = ["--batch-size", str(args.batch_size)]
 
     one = run_classify(inputs, model, work / "out1", base)

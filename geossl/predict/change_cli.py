@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", help="folder or glob of one place on many dates, ordered by the date in the "
                                          "file names (_20090818 or 1985): each date against the first")
     parser.add_argument("--consecutive", action="store_true", help="--series: each date against the one before")
+    parser.add_argument("--all-pairs", action="store_true",
+                        help="--series: every earlier date against every later one (n(n-1)/2 pairs)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tile-size", type=positive_int, default=None,
                         help="window size in pixels, a multiple of the patch size (default: the encoder's img_size)")
@@ -67,9 +69,10 @@ def plan_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.series and (args.before or args.after):
         raise ValueError("give either --series or --before and --after, not both")
     if args.series:
-        return series_pairs([uri for uri, _ in series_scenes(args.series)], args.consecutive)
-    if args.consecutive:
-        raise ValueError("--consecutive orders a --series; with --before and --after there is one pair")
+        return series_pairs([uri for uri, _ in series_scenes(args.series)], args.consecutive, args.all_pairs)
+    if args.consecutive or args.all_pairs:
+        raise ValueError("--consecutive and --all-pairs pair the dates of a --series; with --before and --after "
+                         "there is one pair")
     if not (args.before and args.after):
         raise ValueError("give --before and --after (two scenes), or --series FOLDER_OR_GLOB")
     return [(_one_scene(args.before, "--before"), _one_scene(args.after, "--after"))]

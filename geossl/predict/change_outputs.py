@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,8 +51,13 @@ def series_scenes(spec: str | os.PathLike[str]) -> list[tuple[str, dt.datetime]]
     return dated
 
 
-def series_pairs(scenes: Sequence[str], consecutive: bool = False) -> list[tuple[str, str]]:
-    """(before, after) pairs: every date against the first, or each against the one before it."""
+def series_pairs(scenes: Sequence[str], consecutive: bool = False, all_pairs: bool = False) -> list[tuple[str, str]]:
+    """(before, after) pairs of dated ``scenes`` (oldest first): every date against the first, each against the
+    one before it (``consecutive``), or every earlier date against every later one (``all_pairs``)."""
+    if consecutive and all_pairs:
+        raise ValueError("--consecutive and --all-pairs are two different pairings: give one")
+    if all_pairs:
+        return list(itertools.combinations(scenes, 2))
     if consecutive:
         return list(zip(scenes[:-1], scenes[1:], strict=True))
     return [(scenes[0], later) for later in scenes[1:]]

@@ -198,6 +198,10 @@ def test_dates_in_file_names_order_a_series(shared_data: Path) -> None:
     assert [Path(u).stem for u, _ in dated] == ["1985", "1990", "1995", "2000", "2005", "2010", "2015"]
     assert series_pairs(["a", "b", "c"]) == [("a", "b"), ("a", "c")]
     assert series_pairs(["a", "b", "c"], consecutive=True) == [("a", "b"), ("b", "c")]
+    four = ["a", "b", "c", "d"]
+    assert series_pairs(four, all_pairs=True) == [(x, y) for i, x in enumerate(four) for y in four[i + 1:]]
+    with pytest.raises(ValueError, match="give one"):
+        series_pairs(four, consecutive=True, all_pairs=True)
 
 
 def test_cell_area_is_geodesic_on_a_lon_lat_grid() -> None:
@@ -222,3 +226,20 @@ def test_series_against_the_first_date(shared_data: Path, encoder_dir: Path, tmp
                                                                   ("1985-01-01", "1995-01-01")]
     assert all(0.0 <= float(r["mean_score"]) <= 2.0 and float(r["valid_area_ha"]) > 1e5 for r in rows)
     assert (tmp_path / rows[1]["score_map"]).is_file() and rows[1]["score_map"] == "1985_to_1995_change.tif"
+
+
+@pytest.mark.slow
+def test_series_all_pairs(shared_data: Path, encoder_dir: Path, tmp_path: Path) -> None:
+    """--all-pairs: three dates give the three (earlier, later) pairs, each a score map named by its dates;
+    --all-pairs with --before/--after is refused in one line."""
+    glob = str(shared_data / "timeseries" / "landsat_pucallpa" / "19[89]*.tif")
+    assert main(["change", "--encoder", str(encoder_dir), "--series", glob, "--all-pairs", "--out", str(tmp_path),
+                 "--quiet", "--no-preview", "--no-stac", "--no-check-stats"]) == 0
+    with open(tmp_path / "change_series.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["before_date"][:4], r["after_date"][:4]) for r in rows] == [("1985", "1990"), ("1985", "1995"),
+                                                                          ("1990", "1995")]
+    assert all((tmp_path / r["score_map"]).is_file() for r in rows)
+    one = [str(shared_data / "timeseries" / "landsat_pucallpa" / f"{y}.tif") for y in (1985, 1990)]
+    assert main(["change", "--encoder", str(encoder_dir), "--before", one[0], "--after", one[1], "--all-pairs",
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 1  # the one-line error exit
