@@ -79,7 +79,7 @@ def build_archive(root: Path, data: Path, n: int, crop: int, corrupt_every: int,
     return {"good": good, "bad": bad + 1}
 
 
-def make_model(path: Path) -> Path:
+def make_model(path: str) -> Path:
     from bench.synthetic import make_tiny_model
 
     return make_tiny_model(path, img_size=64, patch_size=8, depth=6)
@@ -132,7 +132,7 @@ def map_digests(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*_classes.tif"))}
 
 
-def forward_windows_per_s(model_dir: Path, scene: Path, windows: int, batch_size: int, threads: int) -> float:
+def forward_windows_per_s(model_dir: str, scene: str, windows: str, batch_size: str, threads: str) -> float:
     """The model alone on ``windows`` real windows (those of ``scene``, cycled), already in memory."""
     import numpy as np
     import torch
@@ -140,20 +140,31 @@ def forward_windows_per_s(model_dir: Path, scene: Path, windows: int, batch_size
     from geossl.models.landcover import load_landcover_model
     from geossl.scene.reader import ModelSceneReader
 
-    torch.set_num_threads(threads)
-    model = load_landcover_model(model_dir)
+    windows_n, batch, = int(windows), int(batch_size)
+    torch.set_num_threads(int(threads))
+    model = load_landcover_model(Path(model_dir))
     tile = model.meta.img_size
-    with ModelSceneReader(str(scene), model.meta, [1, 2, 3], None) as reader:
+    with ModelSceneReader(scene, model.meta, [1, 2, 3], None) as reader:
         origins = [(c, r) for r in range(0, reader.height - tile + 1, tile) for c in range(0, reader.width - tile + 1, tile)]
         tiles, _ = reader.read_batch(origins, tile)
     stack = torch.from_numpy(np.ascontiguousarray(tiles, np.float32))
-    batches = [stack[torch.arange(b, min(b + batch_size, windows)) % len(stack)] for b in range(0, windows, batch_size)]
     with torch.inference_mode():
-        model.predict_proba(batches[0])  # warm-up
+        model.predict_proba(stack[:batch])  # warm-up
         t0 = time.perf_counter()
-        for batch in batches:
-            model.predict_proba(batch)
-        return windows / (time.perf_counter() - t0)
+        for b in range(0, windows_n, batch):
+            model.predict_proba(stack[torch.arange(b, min(b + batch, windows_n)) % len(stack)])
+        return windows_n / (time.perf_counter() - t0)
+
+
+def in_child(name: str, *args: object) -> str:
+    """``name(*args)`` of this module in a fresh process (its printed result). Torch is imported only there: this
+    process stays small, so the peak RSS that ``wait4`` reports for a classify run (which counts the memory a
+    child starts from, this process's) is the run's own."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench.classify_archive as m; "
+            "print(getattr(m, sys.argv[2])(*sys.argv[3:]))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent.parent), name,
+                          *map(str, args)], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -181,7 +192,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     counts = build_archive(work / "archive", data, args.scenes, args.crop, args.corrupt_every, args.seed)
-    model = make_model(work / "model")
+    model = Path(in_child("make_model", work / "model"))
     inputs = str(work / "archive" / "*" / "*.tif")
     cores = os.cpu_count() or 1
     print(f"archive: {counts['good']} good scene(s), {counts['bad']} bad, "
@@ -190,7 +201,7 @@ def measure(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
 
     one = run_classify(inputs, model, work / "out1", base)
     windows = _windows(work / "out1")
-    fwd = forward_windows_per_s(model, data / SOURCES[0], windows, args.batch_size, cores)
+    fwd = float(in_child("forward_windows_per_s", model, data / SOURCES[0], windows, args.batch_size, cores))
     pipe = windows / one["run_seconds"]  # from model load to the folder products; the interpreter's start apart
     print(f"one process, {cores} threads: {one['summary']} ({one['seconds']:.1f} s with start-up; {pipe:.1f} windows/s; "
           f"model alone {fwd:.1f} windows/s)", flush=True)
