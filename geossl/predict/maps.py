@@ -9,6 +9,7 @@ failed write (a full disk) is one :class:`~geossl.io.WriteError` naming the map,
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import tempfile
@@ -267,4 +268,10 @@ def write_preview(
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_png(fig, out_png)
+    path = save_png(fig, out_png)
+    # A closed figure is a web of reference cycles that only the cycle collector frees; on its own schedule a
+    # run drawing a preview per scene grew by about 300 MB before levelling off (measured): collect it now,
+    # so memory stays flat in the number of scenes.
+    del fig, axes, handles
+    gc.collect()  # cheap where the process froze its start-up objects (geossl.predict.workers.classify_one)
+    return path

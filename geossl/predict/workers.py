@@ -20,6 +20,7 @@ what is written here is only the per-worker set-up and the outcome passed back.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -57,6 +58,7 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
     return max(1, (cpus or os.cpu_count() or 1) // max(1, workers))
 
 
+_FROZEN = False  # whether this process froze its start-up objects (_freeze_start_up_objects)
 _BUSY = False  # whether this worker is mapping a scene (a stop then abandons it cleanly)
 
 
@@ -77,11 +79,24 @@ def _start_worker(model_path: str, device: str, threads: int) -> None:
     _MODEL = load_landcover_model(Path(model_path), device=device)
 
 
+def _freeze_start_up_objects() -> None:
+    """Move everything alive now (torch, the model, imports: hundreds of thousands of objects) out of the cycle
+    collector's reach, once per process, so the full collection after each scene's preview
+    (:func:`geossl.predict.maps.write_preview`) costs microseconds instead of 150 ms."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
+
+
 def classify_one(model: Any, uri: str, out_dir: Path, stem: str, replace: bool,
                  options: dict[str, Any]) -> SceneOutcome:
     """Map one scene; an expected failure (unreadable, truncated, wrong bands) becomes a ``failed``
     outcome with its one-line reason, anything else (a bug, an interrupt) propagates."""
     from geossl.predict.manifest import one_line_reason
+
+    _freeze_start_up_objects()
 
     try:
         res = classify_scene(model, uri, out_dir, overwrite=replace, stem=stem, **options)
