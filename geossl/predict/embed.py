@@ -116,15 +116,20 @@ def tile_items(uris: Sequence[str], meta: EncoderMeta, bands: Sequence[int] | No
 
 
 class GeoParquetStream:
-    """Row groups of embeddings into an open ParquetWriter; ``close`` adds the GeoParquet metadata."""
+    """Row groups of embeddings into an open ParquetWriter; ``close`` adds the GeoParquet metadata (with the
+    file's bbox). ``dataset_part``: the file is one partition of a dataset, whose readers (pyarrow.dataset,
+    geopandas on a folder) see only the Arrow schema's metadata: the GeoParquet metadata goes there too, from
+    the start, without the bbox (an optional field)."""
 
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, dataset_part: bool = False) -> None:
         self.schema = pa.schema([
             ("source", pa.string()), ("col_off", pa.float64()), ("row_off", pa.float64()),
             ("width", pa.float64()), ("height", pa.float64()), ("crs", pa.string()),
             ("valid_fraction", pa.float32()), ("date", pa.timestamp("s", tz="UTC")), ("stack", pa.int32()),
             ("embedding", pa.list_(pa.float32(), dim)), ("geometry", pa.binary()),
         ])
+        if dataset_part:
+            self.schema = self.schema.with_metadata({"geo": json.dumps(self._geo_metadata(None))})
         self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
         self.dim, self.rows, self.bbox = dim, 0, [np.inf, np.inf, -np.inf, -np.inf]
         self._pending: list[tuple[Item, np.ndarray]] = []
@@ -157,15 +162,18 @@ class GeoParquetStream:
         self.rows += len(items)
         self._pending.clear()
 
-    def close(self) -> None:
-        self.flush()
+    @staticmethod
+    def _geo_metadata(bbox: list[float] | None) -> dict[str, Any]:
         column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"],
                                   "crs": CRS.from_user_input("OGC:CRS84").to_json_dict()}
-        if np.isfinite(self.bbox).all():
-            column["bbox"] = [float(v) for v in self.bbox]
-        geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column},
-               "creator": {"library": "geossl"}}
-        self.writer.add_key_value_metadata({"geo": json.dumps(geo)})
+        if bbox is not None and np.isfinite(bbox).all():
+            column["bbox"] = [float(v) for v in bbox]
+        return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column},
+                "creator": {"library": "geossl"}}
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.add_key_value_metadata({"geo": json.dumps(self._geo_metadata(self.bbox))})
         self.writer.close()
 
 
@@ -200,11 +208,13 @@ def embed_inputs(
     progress: bool = True,
     stacks: bool = False,
     dates_csv: str | Path | None = None,
+    dataset_part: bool = False,
 ) -> EmbedResult:
     """Embed every tile file and every scene window of ``uris`` into the Parquet file ``out``; scenes carry
     their date (:func:`geossl.data.stacks.scene_dates`). With ``stacks``, scenes of one ground on several
     dates (:func:`geossl.data.stacks.group_stacks`) give one row per window and date, on the grid of the
-    stack's first date; scenes in no stack are embedded alone."""
+    stack's first date; scenes in no stack are embedded alone. ``dataset_part``: ``out`` is one partition of a
+    dataset (:class:`GeoParquetStream`)."""
     start = time.perf_counter()
     out = Path(out)
     meta, device = encoder.meta, model_device(encoder)
@@ -236,7 +246,7 @@ def embed_inputs(
         return encoder.features(x, recipe)
 
     with raster_env(tiles), atomic_path(out, suffix=".parquet") as tmp:
-        stream = GeoParquetStream(tmp, dim)
+        stream = GeoParquetStream(tmp, dim, dataset_part)
         try:
             batch: list[Item] = []
             bar = tqdm(unit="tile", disable=not progress, leave=False, delay=1.0)  # no bar before an early error

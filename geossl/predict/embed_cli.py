@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", required=True,
                         help="encoder folder (model.safetensors + geossl.json); a probe's model folder works too")
     parser.add_argument("--input", required=True, nargs="+", help="tiles or scenes: files, folders, globs, s3://...")
-    parser.add_argument("--out", required=True, help="output .parquet file (GeoParquet when georeferenced)")
+    parser.add_argument("--out", required=True,
+                        help="output .parquet file (GeoParquet when georeferenced), or a folder for many scenes: one "
+                             "GeoParquet per scene as a dataset partitioned by scene, with a run manifest")
     parser.add_argument("--recipe", choices=FEATURE_RECIPES, default="cls",
                         help="cls: final CLS token; cls_last4 / cls_avgpool: the probe feature recipes")
     parser.add_argument("--mode", choices=INPUT_MODES, default="auto",
@@ -42,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not str(args.out).endswith(".parquet"):
-        raise ValueError(f"--out {args.out}: expected a .parquet file name")
     device = pick_device(args.device)
     encoder = load_encoder(Path(args.encoder), device=device)
+    if not str(args.out).endswith(".parquet"):  # a folder: one GeoParquet per scene, with a run manifest
+        from geossl.predict.embed_folder import embed_folder
+
+        return embed_folder(args, encoder, image_inputs(args.input), parse_band_indices(args.bands, "--bands"))
     result = embed_inputs(
         encoder, image_inputs(args.input), args.out, recipe=args.recipe, mode=args.mode, tile_size=args.tile_size,
         stride=args.stride, bands=parse_band_indices(args.bands, "--bands"), resample=args.resample, min_valid=args.min_valid,
