@@ -253,10 +253,9 @@ def container_command(argv: list[str], root: Path) -> list[str] | None:
     scenes = processing / "input" / "scenes"
     if not scenes.is_dir() or not any(p.is_file() for p in scenes.rglob("*")):
         return None
-    out = processing / "output" / current_host(root)
-    target = out / "embeddings.parquet" if command == "embed" else out
+    out = processing / "output" / current_host(root)  # embed too: a folder, one GeoParquet per scene + manifest
     return [command, MODEL_OPTION[command], str(processing / "input" / "model"), "--input", str(scenes),
-            "--out", str(target), *args]
+            "--out", str(out), *args]
 
 
 def container_main(argv: list[str], root: Path | None = None) -> int:

@@ -125,7 +125,7 @@ def test_the_container_runs_the_command_on_its_share_into_its_host_folder(tmp_pa
         "classify", "--model", str(p / "input" / "model"), "--input", str(p / "input" / "scenes"),
         "--out", str(p / "output" / "algo-2"), "--probs"]
     assert container_command(["embed"], root)[1:3] == ["--encoder", str(p / "input" / "model")]
-    assert container_command(["embed"], root)[-1] == str(p / "output" / "algo-2" / "embeddings.parquet")
+    assert container_command(["embed"], root)[-1] == str(p / "output" / "algo-2")  # a folder: a GeoParquet per scene
     with pytest.raises(ValueError, match="first argument must be one of classify, embed"):
         container_command(["pretrain"], root)
 
