@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rasterio.errors import RasterioError
-
 from geossl.io import RunLock
 from geossl.models.landcover import model_hash
 from geossl.predict.common import ensure_out_dir
@@ -54,20 +52,19 @@ def embed_folder(args: argparse.Namespace, encoder: Any, uris: list[str], bands:
                          f"{(tiles or uris or ['the input'])[0]} is not a scene: embed tiles into one .parquet file")
     out_dir = ensure_out_dir(args.out)
     with RunLock(out_dir, "geossl embed", "--out"):
-        counts = _embed_scenes(args, encoder, scenes, bands, out_dir)
+        counts = _embed_scenes(args, encoder, scenes, bands, tile, out_dir)
     done, skipped, failed, rows = counts
     print(f"embed: {len(scenes)} scene(s): {done} done, {skipped} skipped as current, {failed} failed "
           f"(manifest.jsonl), {rows} rows in {time.perf_counter() - start:.1f} s -> {out_dir / DATASET_DIR}")
     return 1 if failed else 0
 
 
-def _embed_scenes(args: argparse.Namespace, encoder: Any, scenes: list[str], bands: list[int] | None,
+def _embed_scenes(args: argparse.Namespace, encoder: Any, scenes: list[str], bands: list[int] | None, tile: int,
                   out_dir: Path) -> tuple[int, int, int, int]:
     """(done, skipped as current, failed, rows written) after embedding the scenes that are not current."""
-    from geossl.predict.manifest import Manifest, one_line_reason, plan_scenes, scene_record
+    from geossl.predict.manifest import SCENE_ERRORS, Manifest, one_line_reason, plan_scenes, scene_record
     from geossl.predict.workers import sigterm_as_interrupt
 
-    tile = args.tile_size or encoder.meta.img_size
     options = {"tile_size": tile, "stride": args.stride or tile, "bands": bands, "resample": args.resample,
                "min_valid": args.min_valid, "recipe": args.recipe}
     model = {"path": href_of(args.encoder), "hash": model_hash(args.encoder)}
@@ -85,7 +82,7 @@ def _embed_scenes(args: argparse.Namespace, encoder: Any, scenes: list[str], ban
                     tile_size=args.tile_size, stride=args.stride, bands=bands, resample=args.resample,
                     min_valid=args.min_valid, batch_size=args.batch_size, overwrite=plan.replace,
                     check_stats=not args.no_check_stats, progress=not args.quiet, dataset_part=True)
-            except (ValueError, OSError, RuntimeError, RasterioError) as exc:
+            except SCENE_ERRORS as exc:
                 reason = one_line_reason(exc, plan.uri)
                 manifest.append(scene_record(plan, "failed", model, options, reason))
                 print(f"geossl embed: error: {reason}", file=sys.stderr, flush=True)

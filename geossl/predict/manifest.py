@@ -31,12 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rasterio.errors import RasterioError
+
 from geossl.data.s3 import s3_client
 from geossl.io import check_outputs, naming_write_errors
 from geossl.predict.common import unique_stems
 from geossl.predict.stac import href_of
 
 MANIFEST_NAME = "manifest.jsonl"
+# What a scene that cannot be mapped (or embedded) raises: recorded as failed, the run goes on.
+SCENE_ERRORS = (ValueError, OSError, RuntimeError, RasterioError)
 UNKNOWN_INPUT: dict[str, Any] = {"size": None, "mtime": None}
 
 log = logging.getLogger("geossl")

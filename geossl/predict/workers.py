@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rasterio.errors import RasterioError
 
 from geossl.models.landcover import load_landcover_model
 from geossl.predict.scene import classify_scene
@@ -94,13 +93,13 @@ def classify_one(model: Any, uri: str, out_dir: Path, stem: str, replace: bool,
                  options: dict[str, Any]) -> SceneOutcome:
     """Map one scene; an expected failure (unreadable, truncated, wrong bands) becomes a ``failed``
     outcome with its one-line reason, anything else (a bug, an interrupt) propagates."""
-    from geossl.predict.manifest import one_line_reason
+    from geossl.predict.manifest import SCENE_ERRORS, one_line_reason
 
     _freeze_start_up_objects()
 
     try:
         res = classify_scene(model, uri, out_dir, overwrite=replace, stem=stem, **options)
-    except (ValueError, OSError, RuntimeError, RasterioError) as exc:
+    except SCENE_ERRORS as exc:
         return SceneOutcome("failed", reason=one_line_reason(exc, uri))
     return SceneOutcome("done", res.summary(), res.windows, res.seconds)
 
